@@ -1,0 +1,49 @@
+"""What every proxied call left behind: one `Call` row each, written in batches."""
+from __future__ import annotations
+
+from django.db import models
+
+
+class CacheOutcome(models.TextChoices):
+    MISS = "miss"
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+
+
+class Call(models.Model):
+    """One request to /v1/*. `status_code` is the call's outcome: a stream that broke after
+    its 200 header is recorded as 502, one the client abandoned as 499."""
+
+    created_at = models.DateTimeField(db_index=True)
+    request_id = models.CharField(max_length=64, unique=True)
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    api_key_name = models.CharField(max_length=100, blank=True)
+    endpoint = models.CharField(max_length=32)
+    route = models.CharField(max_length=100, blank=True, db_index=True)
+    requested_model = models.CharField(max_length=200, blank=True)
+    served_model = models.CharField(max_length=200, blank=True)
+    backend = models.CharField(max_length=100, blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    error_type = models.CharField(max_length=64, blank=True)
+    stream = models.BooleanField(default=False)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cache = models.CharField(max_length=16, choices=CacheOutcome.choices, default=CacheOutcome.MISS)
+    routing_decision = models.CharField(max_length=32, blank=True)
+    latency_ms = models.FloatField()
+    ttft_ms = models.FloatField(null=True, blank=True)
+    retries = models.PositiveSmallIntegerField(default=0)
+    fallback_used = models.BooleanField(default=False)
+    cost_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
+    baseline_cost_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["route", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%H:%M:%S} {self.route} {self.status_code}"
+
+    @property
+    def is_error(self) -> bool:
+        return self.status_code >= 500

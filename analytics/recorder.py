@@ -1,0 +1,178 @@
+"""The buffered call-log writer: the request path appends, a thread writes in batches.
+
+`record()` is a deque append, safe from any thread and never touching the database. A writer
+thread inserts batches every SLUICE_LOG_FLUSH_INTERVAL_S (sooner when a batch fills). When
+the database is down, records stay queued and are retried; past SLUICE_LOG_MAX_PENDING, or
+at shutdown with the database still down, they are spooled to JSON-lines files that are
+replayed once it is back. Inserts ignore duplicate request ids, so a replay is idempotent.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import DatabaseError, connections
+
+logger = logging.getLogger("sluice.recorder")
+
+Record = dict[str, Any]
+
+
+class CallRecorder:
+    def __init__(self) -> None:
+        self._pending: deque[Record] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.db_ok = True
+
+    # --- request path -------------------------------------------------------------------
+    def record(self, row: Record) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= settings.SLUICE_LOG_BATCH_SIZE:
+            self._wake.set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="call-recorder", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Flush what is queued; spool whatever the database would not take in time."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+            self._thread = None
+        deadline = time.monotonic() + timeout_s
+        while self._pending and time.monotonic() < deadline:
+            if not self.flush():
+                time.sleep(0.2)
+        if self._pending:
+            self._spool_pending()
+        self._connection_close()
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # --- writing ------------------------------------------------------------------------
+    def flush(self) -> bool:
+        """Write everything queued plus any spooled files; False if the database refused."""
+        with self._flush_lock:
+            if not self._spool_replay():
+                return False
+            while self._pending:
+                batch = self._take(settings.SLUICE_LOG_BATCH_SIZE)
+                if not self._insert(batch):
+                    self._pending.extendleft(reversed(batch))
+                    if len(self._pending) > settings.SLUICE_LOG_MAX_PENDING:
+                        self._spool_pending()
+                    return False
+            return True
+
+    def _run(self) -> None:
+        backoff = settings.SLUICE_LOG_FLUSH_INTERVAL_S
+        while not self._stop.is_set():
+            self._wake.wait(backoff)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            ok = self.flush()
+            interval = settings.SLUICE_LOG_FLUSH_INTERVAL_S
+            backoff = interval if ok else min(max(backoff * 2, interval), 10.0)
+
+    def _take(self, n: int) -> list[Record]:
+        batch = []
+        while self._pending and len(batch) < n:
+            batch.append(self._pending.popleft())
+        return batch
+
+    def _insert(self, batch: list[Record]) -> bool:
+        from analytics.models import Call
+
+        try:
+            Call.objects.bulk_create([Call(**row) for row in batch], ignore_conflicts=True)
+        except DatabaseError as exc:
+            if self.db_ok:
+                logger.warning("call log: database unavailable, keeping %d records: %s",
+                               len(self._pending) + len(batch), exc)
+            self.db_ok = False
+            self._connection_close()
+            return False
+        if not self.db_ok:
+            logger.warning("call log: database is back, writing queued records")
+        self.db_ok = True
+        return True
+
+    @staticmethod
+    def _connection_close() -> None:
+        try:
+            connections["default"].close()
+        except DatabaseError:
+            pass
+
+    # --- spool ----------------------------------------------------------------------------
+    def _spool_pending(self) -> None:
+        rows = self._take(len(self._pending))
+        if not rows:
+            return
+        directory = Path(settings.SLUICE_LOG_SPOOL_DIR)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"calls-{time.time_ns()}-{os.getpid()}.jsonl"
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as fh:
+            for row in rows:
+                fh.write(orjson.dumps(row, default=_json_default) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.rename(path)
+        logger.warning("call log: spooled %d records to %s", len(rows), path)
+
+    def _spool_replay(self) -> bool:
+        directory = Path(settings.SLUICE_LOG_SPOOL_DIR)
+        if not directory.is_dir():
+            return True
+        for path in sorted(directory.glob("calls-*.jsonl")):
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:  # another replica replayed it first
+                continue
+            rows = [_row_load(line) for line in raw.splitlines() if line.strip()]
+            size = settings.SLUICE_LOG_BATCH_SIZE
+            for i in range(0, len(rows), size):
+                if not self._insert(rows[i : i + size]):
+                    return False
+            path.unlink(missing_ok=True)
+            logger.info("call log: replayed %d spooled records from %s", len(rows), path.name)
+        return True
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(type(value))
+
+
+def _row_load(line: bytes) -> Record:
+    row = orjson.loads(line)
+    row["created_at"] = datetime.fromisoformat(row["created_at"])
+    for name in ("cost_usd", "baseline_cost_usd"):
+        row[name] = Decimal(row[name])
+    return row
+
+
+recorder = CallRecorder()

@@ -1,0 +1,69 @@
+"""ASGI entry point: Django, wrapped to handle the lifespan events Django ignores.
+
+Start-up loads the config snapshot, starts the call-log writer and the background loops.
+Shut-down runs after the server has let in-flight requests (streams included) finish: it
+stops the loops, closes the upstream client and flushes every buffered call record.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from asgiref.sync import sync_to_async  # noqa: E402
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_application = get_asgi_application()
+
+from analytics.recorder import recorder  # noqa: E402
+from proxy.background import config_refresh_loop, health_loop  # noqa: E402
+from proxy.snapshot import snapshot_reload  # noqa: E402
+from proxy.upstream import session_close  # noqa: E402
+
+logger = logging.getLogger("sluice.lifespan")
+
+
+class LifespanApp:
+    def __init__(self, app) -> None:
+        self.app = app
+        self._tasks: list[asyncio.Task] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        await sync_to_async(snapshot_reload, thread_sensitive=False)()
+        recorder.start()
+        self._tasks = [asyncio.create_task(config_refresh_loop()), asyncio.create_task(health_loop())]
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await session_close()
+        await sync_to_async(recorder.stop, thread_sensitive=False)()
+        logger.info("shut down; call log flushed")
+
+
+application = LifespanApp(django_application)

@@ -1,0 +1,158 @@
+"""Sluice settings: everything comes from the environment (see .env.example).
+
+With nothing set, Sluice runs on embedded defaults: SQLite under var/, Django's in-process
+cache and a filesystem Celery broker. DATABASE_URL and REDIS_URL switch the same code to
+PostgreSQL and Redis.
+"""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import environ
+import plotly
+
+from config.env import envbool, envfloat, envint, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(envstr("SLUICE_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """A stable key per checkout, so sessions survive restarts without any set-up."""
+    if key := envstr("SLUICE_SECRET_KEY"):
+        return key
+    path = VAR_DIR / "secret.key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = envbool("SLUICE_DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in envstr("SLUICE_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in envstr("SLUICE_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "proxy",
+    "analytics",
+    "dashboard",
+]
+
+# Every middleware here is async-capable, so the proxy's async views never hop threads.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_env = environ.Env()
+DATABASES = {
+    "default": _env.db_url_config(
+        envstr("DATABASE_URL", f"sqlite:///{VAR_DIR / 'sluice.sqlite3'}")
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web process append calls while Celery reads them.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+else:
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = envstr("REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# Celery: Redis when configured, else kombu's filesystem transport (no server needed).
+CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = VAR_DIR / "celery-broker"
+    for _sub in ("queue", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+# plotly.js comes from the installed plotly package: no CDN, same version as the figures.
+STATICFILES_DIRS = [("plotly", Path(plotly.__file__).parent / "package_data")]
+LOGIN_URL = "/admin/login/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "sluice": {"handlers": ["console"], "level": envstr("SLUICE_LOG_LEVEL", "INFO")},
+    },
+}
+
+# --- Sluice -------------------------------------------------------------------------------
+# Accepted as an API key by the proxy and as an admin token by the ops API.
+SLUICE_MASTER_KEY = envstr("SLUICE_MASTER_KEY")
+# Outbound calls to the pool.
+SLUICE_UPSTREAM_CONNECT_TIMEOUT_S = envfloat("SLUICE_UPSTREAM_CONNECT_TIMEOUT_S", 5.0)
+SLUICE_UPSTREAM_READ_TIMEOUT_S = envfloat("SLUICE_UPSTREAM_READ_TIMEOUT_S", 300.0)
+SLUICE_UPSTREAM_MAX_CONNECTIONS = envint("SLUICE_UPSTREAM_MAX_CONNECTIONS", 1000)
+# How often each process re-reads keys, routes, backends and prices from the database.
+SLUICE_CONFIG_REFRESH_S = envfloat("SLUICE_CONFIG_REFRESH_S", 5.0)
+# How often each backend's /health is probed.
+SLUICE_HEALTH_INTERVAL_S = envfloat("SLUICE_HEALTH_INTERVAL_S", 5.0)
+# Call log: buffered in memory, written in batches off the request path.
+SLUICE_LOG_FLUSH_INTERVAL_S = envfloat("SLUICE_LOG_FLUSH_INTERVAL_S", 1.0)
+SLUICE_LOG_BATCH_SIZE = envint("SLUICE_LOG_BATCH_SIZE", 500)
+SLUICE_LOG_SPOOL_DIR = Path(envstr("SLUICE_LOG_SPOOL_DIR", str(VAR_DIR / "spool")))
+SLUICE_CALL_RETENTION_DAYS = envint("SLUICE_CALL_RETENTION_DAYS", 30)
+# Embedded simulated pool started by `make run`.
+SLUICE_SIM_BACKENDS = envint("SLUICE_SIM_BACKENDS", 2)
+SLUICE_SIM_BASE_PORT = envint("SLUICE_SIM_BASE_PORT", 8101)
+SLUICE_SIM_MODEL = envstr("SLUICE_SIM_MODEL", "sim-llama-3-8b")
+# Past this many unwritten records (database down), the oldest are spooled to disk.
+SLUICE_LOG_MAX_PENDING = envint("SLUICE_LOG_MAX_PENDING", 100_000)

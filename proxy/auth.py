@@ -1,0 +1,35 @@
+"""API-key authentication against the in-memory snapshot (no database query)."""
+from __future__ import annotations
+
+import hmac
+
+from django.conf import settings
+
+from proxy.errors import unauthorized
+from proxy.models import key_hash
+from proxy.snapshot import KeyInfo, Snapshot
+
+MASTER = KeyInfo(id=None, name="master")
+
+
+def key_authenticate(authorization: str | None, snapshot: Snapshot) -> KeyInfo:
+    """Return the caller's key from `Authorization: Bearer <key>`, or raise a 401."""
+    if not authorization:
+        raise unauthorized(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
+        )
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise unauthorized("Malformed Authorization header; expected 'Bearer YOUR_KEY'.")
+    master = settings.SLUICE_MASTER_KEY
+    if master and hmac.compare_digest(token.encode(), master.encode()):
+        return MASTER
+    key = snapshot.keys_by_hash.get(key_hash(token))
+    if key is None:
+        raise unauthorized(f"Incorrect API key provided: {_masked(token)}.")
+    return key
+
+
+def _masked(token: str) -> str:
+    return token[:6] + "*" * 4 + token[-4:] if len(token) > 12 else "****"

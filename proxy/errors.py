@@ -1,0 +1,54 @@
+"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` with the right status.
+
+Every failure on the request path is raised as an `ApiError`, so the pipeline has one place
+that turns failures into responses and call records.
+"""
+from __future__ import annotations
+
+import orjson
+from django.http import HttpResponse
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> bytes:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+    def response(self) -> HttpResponse:
+        return HttpResponse(self.body(), status=self.status, content_type="application/json")
+
+
+def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+def invalid(message: str, *, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, code="invalid_api_key")
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model `{model}` does not exist or no backend serves it.",
+        param="model",
+        code="model_not_found",
+    )

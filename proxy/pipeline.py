@@ -1,0 +1,152 @@
+"""The request path, top to bottom. Each step is a call into its own module.
+
+1. authenticate the key          (auth: in-memory snapshot, no database)
+2. validate the body             (schemas: OpenAI-shaped 400s)
+3. rate limit                    (later: ratelimit)
+4. resolve the route             (routing)
+5. cost steps                    (later: cache, semantic, classifier, compression)
+6. pick a backend                (pool: healthy, in turn)
+7. send with timeouts            (upstream; retries and fallbacks build on its errors)
+8. account                       (accounting + sse: usage, cost, one record to the writer)
+
+Nothing here awaits the database: the record goes to a buffered writer.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import aiohttp
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+
+from proxy import sse
+from proxy.accounting import CallLog
+from proxy.auth import key_authenticate
+from proxy.errors import ApiError, error_body
+from proxy.pool import BackendState, backend_mark, backend_pick, backend_state
+from proxy.routing import route_resolve
+from proxy.schemas import body_parse, upstream_body, wants_stream, wants_usage_chunk
+from proxy.snapshot import Snapshot, snapshot_current
+from proxy.upstream import UpstreamError, upstream_post
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def completion_handle(request: HttpRequest, *, endpoint: str) -> HttpResponseBase:
+    """Serve POST /v1/chat/completions or /v1/completions."""
+    log = CallLog(endpoint=endpoint)
+    snapshot = snapshot_current()
+    try:
+        log.key = key_authenticate(request.headers.get("Authorization"), snapshot)
+        body = body_parse(request.body, endpoint=endpoint)
+        log.requested_model = body["model"]
+        log.stream = wants_stream(body)
+        log.route = route_resolve(body["model"], snapshot)
+        backend = backend_pick(log.route.model, snapshot)
+        log.backend, log.served_model = backend.name, backend.model
+        state = backend_state(backend)
+        state.in_flight += 1
+        try:
+            upstream = await upstream_post(
+                backend, f"/v1/{endpoint}", upstream_body(body, served_model=backend.model)
+            )
+        except UpstreamError as exc:
+            state.in_flight -= 1
+            if exc.code == "upstream_unreachable":
+                backend_mark(backend, healthy=False)
+            raise
+    except ApiError as exc:
+        log.fail(exc.status, exc.code or exc.type)
+        log.finish(snapshot)
+        return _tagged(exc.response(), log)
+
+    if upstream.status != 200:
+        response = await _upstream_error_relay(upstream, log)
+    elif log.stream:
+        relay = _stream_relay(
+            upstream, log, snapshot, state, strip_usage_chunk=not wants_usage_chunk(body)
+        )
+        response = StreamingHttpResponse(relay, content_type="text/event-stream")
+        for name, value in STREAM_HEADERS.items():
+            response[name] = value
+        return _tagged(response, log)
+    else:
+        response = await _body_relay(upstream, log)
+    state.in_flight -= 1
+    log.finish(snapshot)
+    return _tagged(response, log)
+
+
+async def _body_relay(upstream: aiohttp.ClientResponse, log: CallLog) -> HttpResponse:
+    """A non-streamed answer: read it whole, take its usage, return its bytes untouched."""
+    try:
+        payload = await upstream.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        upstream.close()
+        log.fail(502, "upstream_error")
+        body = error_body(f"Backend {log.backend} failed mid-answer: {exc!r}.",
+                          type="upstream_error", code="upstream_error")
+        return HttpResponse(body, status=502, content_type="application/json")
+    upstream.release()
+    sse.body_usage_read(payload, log)
+    return HttpResponse(payload, status=200, content_type="application/json")
+
+
+async def _upstream_error_relay(upstream: aiohttp.ClientResponse, log: CallLog) -> HttpResponse:
+    """The backend refused: pass its status on, in OpenAI's error shape."""
+    try:
+        payload = await upstream.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        payload = b""
+    finally:
+        upstream.release()
+    shaped, error_type = sse.error_normalise(payload, status=upstream.status)
+    log.fail(upstream.status, error_type)
+    return HttpResponse(shaped, status=upstream.status, content_type="application/json")
+
+
+async def _stream_relay(
+    upstream: aiohttp.ClientResponse,
+    log: CallLog,
+    snapshot: Snapshot,
+    state: BackendState,
+    *,
+    strip_usage_chunk: bool,
+) -> AsyncIterator[bytes]:
+    """Forward whole SSE events as they arrive, read usage on the way, and close the books
+    however the stream ends: done, broken upstream, or the client hanging up."""
+    pending = b""
+    try:
+        async for chunk in upstream.content.iter_any():
+            pending += chunk
+            cut = pending.rfind(sse.EVENT_END)
+            if cut < 0:
+                continue
+            block, pending = pending[: cut + 2], pending[cut + 2 :]
+            out = sse.events_scan(block, log, strip_usage_chunk=strip_usage_chunk)
+            if out:
+                log.first_token()
+                yield out
+        if pending.strip():
+            yield pending
+        upstream.release()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.fail(502, "upstream_stream_error")
+        yield sse.error_event(f"Backend {log.backend} failed mid-stream: {exc!r}.")
+    except (asyncio.CancelledError, GeneratorExit):
+        log.fail(499, "client_closed")
+        raise
+    finally:
+        upstream.close()  # a no-op once released; otherwise it cancels the upstream request
+        state.in_flight -= 1
+        log.finish(snapshot)
+
+
+def _tagged(response: HttpResponseBase, log: CallLog) -> HttpResponseBase:
+    response["x-request-id"] = log.request_id
+    if log.route is not None:
+        response["x-sluice-route"] = log.route.name
+    if log.backend:
+        response["x-sluice-backend"] = log.backend
+    return response

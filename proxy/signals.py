@@ -1,0 +1,20 @@
+"""Admin edits take effect in this process at once; other processes pick them up within
+SLUICE_CONFIG_REFRESH_S through the background refresh."""
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from proxy.models import ApiKey, Backend, Price, Route
+from proxy.snapshot import snapshot_reload
+
+
+@receiver(post_save, sender=ApiKey)
+@receiver(post_save, sender=Backend)
+@receiver(post_save, sender=Route)
+@receiver(post_save, sender=Price)
+@receiver(post_delete, sender=ApiKey)
+@receiver(post_delete, sender=Backend)
+@receiver(post_delete, sender=Route)
+@receiver(post_delete, sender=Price)
+def config_changed(**kwargs) -> None:
+    transaction.on_commit(snapshot_reload)

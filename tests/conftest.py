@@ -1,0 +1,129 @@
+"""Shared fixtures. The suite runs against the real PostgreSQL and Redis of this machine
+(`make test` points DATABASE_URL and REDIS_URL at them) and real simulator processes."""
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+
+
+def pytest_configure(config):
+    if "postgresql" not in settings.DATABASES["default"]["ENGINE"]:
+        pytest.exit(
+            "The tests run against PostgreSQL: use `make test`, or set "
+            "DATABASE_URL=postgres://postgres@127.0.0.1:5432/test and REDIS_URL.",
+            returncode=2,
+        )
+
+
+# --- real processes and servers ------------------------------------------------------------
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import openai  # noqa: E402
+import uvicorn  # noqa: E402
+
+from analytics.recorder import recorder  # noqa: E402
+from proxy.models import ApiKey, Backend, Route  # noqa: E402
+from proxy.snapshot import snapshot_reload  # noqa: E402
+from simulator.process import SimulatorProcess  # noqa: E402
+
+SIM_MODEL = "sim-model"
+
+
+@pytest.fixture(scope="session")
+def simulators():
+    """Two real simulator processes serving SIM_MODEL, fast enough for tests."""
+    # The same seed on both: whichever backend serves a prompt, the answer is the same.
+    sims = [SimulatorProcess(model=SIM_MODEL, ttft_ms=5, tokens_per_s=2000, seed=1) for _ in range(2)]
+    for sim in sims:
+        sim.start()
+    yield sims
+    for sim in sims:
+        sim.stop()
+
+
+class ThreadedGateway:
+    """config.asgi.application under uvicorn on a loopback port, in a thread of the test
+    process, so that tests can count its database queries and flush its call log."""
+
+    def __init__(self) -> None:
+        from config.asgi import application
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(application, lifespan="on", log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the in-process gateway did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def threaded_gateway(django_db_setup, django_db_blocker):
+    """One gateway for the session. Its writer thread and config refresh never fire on
+    their own here: each test reloads the config and flushes the log where it wants to."""
+    from django.conf import settings
+
+    settings.SLUICE_LOG_FLUSH_INTERVAL_S = 3600
+    settings.SLUICE_CONFIG_REFRESH_S = 3600
+    gateway = ThreadedGateway()
+    with django_db_blocker.unblock():
+        gateway.start()
+    yield gateway
+    with django_db_blocker.unblock():
+        gateway.stop()
+
+
+@pytest.fixture
+def pool(transactional_db, simulators):
+    """The simulators as backends of SIM_MODEL, a `default` route to it, and an API key."""
+    for i, sim in enumerate(simulators, start=1):
+        Backend.objects.create(name=f"sim-{i}", base_url=sim.url, model=SIM_MODEL)
+    Route.objects.create(name="default", model=SIM_MODEL)
+    _, plaintext = ApiKey.issue(name="tests")
+    snapshot_reload()
+    return plaintext
+
+
+@pytest.fixture
+def gateway(threaded_gateway, pool):
+    """The in-process gateway serving `pool`; its call log is flushed after the test."""
+    recorder.flush()  # nothing left over from an earlier test
+    yield threaded_gateway
+    recorder.flush()
+
+
+@pytest.fixture
+def sdk(gateway, pool) -> openai.OpenAI:
+    """The official SDK pointed at Sluice, with no retries to hide errors."""
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=pool, max_retries=0, timeout=30)
+
+
+@pytest.fixture
+def flush_calls():
+    """Write the buffered call log now and return every Call row, oldest first."""
+    from analytics.models import Call
+
+    def flush():
+        assert recorder.flush(), "the call log could not be written"
+        return list(Call.objects.order_by("created_at"))
+
+    return flush
