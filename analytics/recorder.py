@@ -50,8 +50,10 @@ class CallRecorder:
         self._thread = threading.Thread(target=self._run, name="call-recorder", daemon=True)
         self._thread.start()
 
-    def stop(self, *, timeout_s: float = 10.0) -> None:
+    def stop(self, *, timeout_s: float | None = None) -> None:
         """Flush what is queued; spool whatever the database would not take in time."""
+        if timeout_s is None:
+            timeout_s = settings.SLUICE_LOG_SHUTDOWN_FLUSH_S
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

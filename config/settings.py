@@ -148,6 +148,8 @@ SLUICE_HEALTH_INTERVAL_S = envfloat("SLUICE_HEALTH_INTERVAL_S", 5.0)
 # Call log: buffered in memory, written in batches off the request path.
 SLUICE_LOG_FLUSH_INTERVAL_S = envfloat("SLUICE_LOG_FLUSH_INTERVAL_S", 1.0)
 SLUICE_LOG_BATCH_SIZE = envint("SLUICE_LOG_BATCH_SIZE", 500)
+# At shutdown, how long to keep trying the database before spooling what is left to disk.
+SLUICE_LOG_SHUTDOWN_FLUSH_S = envfloat("SLUICE_LOG_SHUTDOWN_FLUSH_S", 5.0)
 SLUICE_LOG_SPOOL_DIR = Path(envstr("SLUICE_LOG_SPOOL_DIR", str(VAR_DIR / "spool")))
 SLUICE_CALL_RETENTION_DAYS = envint("SLUICE_CALL_RETENTION_DAYS", 30)
 # Embedded simulated pool started by `make run`.

@@ -1,0 +1,86 @@
+"""How a stream ends: a client that hangs up, and a backend that breaks mid-stream."""
+import time
+import urllib.request
+
+import openai
+import pytest
+
+from proxy.models import Backend, Route
+from proxy.snapshot import snapshot_reload
+from simulator.process import SimulatorProcess
+
+MESSAGES = [{"role": "user", "content": "Write a long story."}]
+
+
+def running(sim: SimulatorProcess) -> float:
+    with urllib.request.urlopen(sim.url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:num_requests_running"))
+
+
+@pytest.fixture
+def slow_sim(pool):
+    """A backend slow enough that a stream is still running when the test acts on it."""
+    with SimulatorProcess(model="slow-model", ttft_ms=5, tokens_per_s=20) as sim:
+        Backend.objects.create(name="slow", base_url=sim.url, model="slow-model")
+        Route.objects.create(name="slow", model="slow-model")
+        snapshot_reload()
+        yield sim
+
+
+@pytest.fixture
+def faulty_sim(pool):
+    with SimulatorProcess(model="faulty-model", ttft_ms=5, tokens_per_s=500,
+                          mid_stream_error_rate=1.0) as sim:
+        Backend.objects.create(name="faulty", base_url=sim.url, model="faulty-model")
+        Route.objects.create(name="faulty", model="faulty-model")
+        snapshot_reload()
+        yield sim
+
+
+def wait_until(predicate, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_a_client_hanging_up_cancels_the_upstream_request(sdk, slow_sim, flush_calls):
+    stream = sdk.chat.completions.create(model="slow", messages=MESSAGES, stream=True,
+                                         max_tokens=500)
+    next(iter(stream))
+    assert running(slow_sim) == 1
+
+    stream.close()
+
+    assert wait_until(lambda: running(slow_sim) == 0)
+    assert wait_until(lambda: [c.status_code for c in flush_calls()] == [499])
+
+
+def test_a_backend_error_event_mid_stream_reaches_the_app_and_marks_the_call_failed(
+    sdk, faulty_sim, flush_calls
+):
+    with pytest.raises(openai.APIError):
+        list(sdk.chat.completions.create(model="faulty", messages=MESSAGES, stream=True,
+                                         max_tokens=40))
+
+    [call] = flush_calls()
+    assert (call.status_code, call.error_type) == (502, "upstream_stream_error")
+
+
+def test_a_backend_dying_mid_stream_ends_the_stream_with_an_error_event(sdk, slow_sim, flush_calls):
+    stream = sdk.chat.completions.create(model="slow", messages=MESSAGES, stream=True,
+                                         max_tokens=500)
+    chunks = iter(stream)
+    next(chunks)
+
+    slow_sim.proc.kill()
+
+    with pytest.raises(openai.APIError) as caught:
+        list(chunks)
+    assert "mid-stream" in str(caught.value)
+    [call] = flush_calls()
+    assert (call.status_code, call.backend) == (502, "slow")
