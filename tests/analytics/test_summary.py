@@ -1,0 +1,96 @@
+"""The summary's numbers for a known set of calls, checked by hand."""
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from analytics.models import Call
+from analytics.selectors import percentile, series_compute, summary_compute
+
+NOW = timezone.now()
+
+
+def make_call(i: int, *, route: str = "default", status: int = 200, latency: float = 100.0,
+              ttft: float | None = None, ago_s: float = 10.0, **extra) -> Call:
+    return Call.objects.create(
+        created_at=NOW - timedelta(seconds=ago_s), request_id=f"req-{route}-{i}",
+        endpoint="chat/completions", route=route, status_code=status, latency_ms=latency,
+        ttft_ms=ttft, **extra)
+
+
+def test_percentile_is_nearest_rank():
+    values = list(range(1, 101))  # 1..100
+
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+
+
+@pytest.fixture
+def known_calls(db):
+    # 100 calls on "default": latencies 1..100 ms; calls 1-3 fail with 502; the
+    # streamed half (even i) has TTFT i/2 ms; each has 10 prompt + 5 completion tokens.
+    for i in range(1, 101):
+        make_call(i, latency=float(i), status=502 if i <= 3 else 200,
+                  ttft=i / 2 if i % 2 == 0 else None, stream=i % 2 == 0,
+                  prompt_tokens=10, completion_tokens=5,
+                  cost_usd=Decimal("0.001"), baseline_cost_usd=Decimal("0.004"),
+                  cache="exact" if i > 90 else "miss")
+    # 4 calls on "small": 1000 ms each, one 400 (a client error, not an error of the pool).
+    for i in range(1, 5):
+        make_call(i, route="small", latency=1000.0, status=400 if i == 1 else 200)
+    # Outside the 15-minute window: must not count.
+    make_call(999, latency=99999.0, ago_s=16 * 60)
+
+
+def test_the_summary_matches_hand_computed_numbers(known_calls):
+    s = summary_compute(minutes=15, now=NOW)
+
+    assert s["requests"] == 104
+    assert s["qps"] == pytest.approx(104 / 900)
+    # 104 latencies: 1..100 and four 1000s. Rank ceil(.99*104)=103 -> 1000; ceil(.5*104)=52 -> 52.
+    assert s["p99_ms"] == 1000.0
+    assert s["p50_ms"] == 52.0
+    assert s["p95_ms"] == 99.0  # rank ceil(.95*104)=99
+    # TTFTs 1..50 (i/2 for even i): P50 rank 25 -> 25, P99 rank ceil(49.5)=50 -> 50.
+    assert (s["ttft_p50_ms"], s["ttft_p99_ms"]) == (25.0, 50.0)
+    assert s["error_rate"] == pytest.approx(3 / 104)
+    assert s["cache_hit_rate"] == pytest.approx(10 / 104)
+    assert (s["prompt_tokens"], s["completion_tokens"]) == (1000, 500)
+    assert s["cost_usd"] == pytest.approx(0.1)
+    assert s["savings_usd"] == pytest.approx(0.3)
+
+
+def test_the_summary_splits_by_route(known_calls):
+    by_route = {r["route"]: r for r in summary_compute(minutes=15, now=NOW)["by_route"]}
+
+    assert set(by_route) == {"default", "small"}
+    assert by_route["default"]["requests"] == 100
+    assert by_route["default"]["p99_ms"] == 99.0
+    assert by_route["default"]["error_rate"] == pytest.approx(0.03)
+    assert by_route["small"]["p50_ms"] == 1000.0
+    assert by_route["small"]["error_rate"] == 0.0
+
+
+def test_an_empty_window_has_zero_traffic_and_no_percentiles(db):
+    s = summary_compute(minutes=5, now=NOW)
+
+    assert (s["requests"], s["qps"], s["error_rate"]) == (0, 0.0, 0.0)
+    assert s["p99_ms"] is None and s["by_route"] == []
+
+
+def test_the_series_puts_each_call_in_its_time_bucket(db):
+    make_call(1, ago_s=5, latency=10.0)
+    make_call(2, ago_s=5, latency=30.0)
+    make_call(3, ago_s=95, latency=20.0)
+
+    series = series_compute(minutes=15, bucket_s=30, now=NOW)
+
+    assert len(series) == 30
+    assert sum(b["requests"] for b in series) == 3
+    assert series[-1]["requests"] + series[-2]["requests"] >= 1
+    busiest = max(series, key=lambda b: b["requests"])
+    assert busiest["requests"] == 2 and busiest["p99_ms"] == 30.0
+    assert busiest["qps"] == pytest.approx(2 / 30)
