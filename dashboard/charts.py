@@ -1,0 +1,105 @@
+"""Series rows (from `analytics.selectors.series_compute`) → plotly figures, one per chart.
+
+Pure functions: no database, no request. The page and /dashboard/data.json hand the figures
+to plotly.js as JSON, which draws them with `Plotly.react`, so nothing is built in templates.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Sequence
+
+import plotly.graph_objects as go
+
+Rows = Sequence[dict[str, Any]]
+
+# Colours shared with the page's CSS, so a series keeps its colour from chart to chart.
+BLUE, ORANGE, RED, GREEN, GREY = "#2563eb", "#ea580c", "#dc2626", "#16a34a", "#94a3b8"
+
+
+def _utc(t: datetime) -> str:
+    """A naive UTC string: plotly.js does not read time-zone suffixes."""
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _x(rows: Rows) -> list[str]:
+    return [_utc(row["t"]) for row in rows]
+
+
+def _x_range(rows: Rows) -> list[str] | None:
+    """The whole window, half a bucket of margin each side so edge points and bars show whole:
+    an idle gateway still shows the last N minutes rather than an empty axis."""
+    if not rows:
+        return None
+    half = (rows[1]["t"] - rows[0]["t"]) / 2 if len(rows) > 1 else timedelta(seconds=15)
+    return [_utc(rows[0]["t"] - half), _utc(rows[-1]["t"] + half)]
+
+
+def _figure(rows: Rows, traces: list[go.BaseTraceType], *, y_title: str, **layout: Any) -> go.Figure:
+    fig = go.Figure(data=traces)
+    # template "none" keeps plotly's default theme (~6 kB per figure) out of every refresh.
+    fig.update_layout(
+        template="none",
+        height=240,
+        margin={"l": 56, "r": 16, "t": 12, "b": 36},
+        font={"family": "system-ui, sans-serif", "size": 12, "color": "#334155"},
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
+        showlegend=len(traces) > 1,
+        legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
+        hovermode="x unified",
+        uirevision="keep",  # Plotly.react keeps the user's zoom across refreshes
+        **layout,
+    )
+    fig.update_xaxes(type="date", range=_x_range(rows), gridcolor="#e2e8f0")
+    fig.update_yaxes(title_text=y_title, rangemode="tozero", gridcolor="#e2e8f0", zeroline=False)
+    return fig
+
+
+def _line(rows: Rows, key: str, name: str, color: str, *, scale: float = 1.0) -> go.Scatter:
+    y = [None if row[key] is None else row[key] * scale for row in rows]
+    return go.Scatter(x=_x(rows), y=y, name=name, mode="lines+markers",
+                      line={"color": color, "width": 2}, marker={"size": 4})
+
+
+def qps_figure(rows: Rows) -> go.Figure:
+    return _figure(rows, [_line(rows, "qps", "QPS", BLUE)], y_title="req/s")
+
+
+def latency_figure(rows: Rows) -> go.Figure:
+    traces = [_line(rows, "p50_ms", "P50", BLUE), _line(rows, "p99_ms", "P99", ORANGE)]
+    return _figure(rows, traces, y_title="ms")
+
+
+def ttft_figure(rows: Rows) -> go.Figure:
+    traces = [_line(rows, "ttft_p50_ms", "P50", BLUE), _line(rows, "ttft_p99_ms", "P99", ORANGE)]
+    return _figure(rows, traces, y_title="ms")
+
+
+def errors_figure(rows: Rows) -> go.Figure:
+    return _figure(rows, [_line(rows, "error_rate", "errors", RED, scale=100)], y_title="%")
+
+
+def tokens_figure(rows: Rows) -> go.Figure:
+    x = _x(rows)
+    traces = [
+        go.Bar(x=x, y=[row["prompt_tokens"] for row in rows], name="prompt", marker_color=BLUE),
+        go.Bar(x=x, y=[row["completion_tokens"] for row in rows], name="completion",
+               marker_color=GREEN),
+    ]
+    return _figure(rows, traces, y_title="tokens", barmode="stack", bargap=0.15)
+
+
+# Chart name → builder; the name is also the chart's element id on the page (`chart-<name>`).
+CHARTS: dict[str, tuple[str, Callable[[Rows], go.Figure]]] = {
+    "qps": ("Requests per second", qps_figure),
+    "latency": ("Latency P50 / P99 (ms)", latency_figure),
+    "ttft": ("Time to first token P50 / P99 (ms, streams)", ttft_figure),
+    "errors": ("Error rate (%, status ≥ 500)", errors_figure),
+    "tokens": ("Tokens per bucket", tokens_figure),
+}
+
+
+def figures_build(rows: Rows) -> dict[str, dict[str, Any]]:
+    """Every chart as a JSON-able {data, layout} dict, keyed by chart name."""
+    return {name: json.loads(build(rows).to_json()) for name, (_, build) in CHARTS.items()}

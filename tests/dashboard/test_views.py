@@ -1,0 +1,105 @@
+"""/dashboard/ and /dashboard/data.json: staff only, served with the local plotly.js."""
+from __future__ import annotations
+
+import pytest
+
+from tests.dashboard.factories import call_create, calls_create
+
+pytestmark = pytest.mark.django_db
+
+PLOTLY_URL = "/static/plotly/plotly.min.js"
+
+
+def test_it_redirects_anonymous_visitors_to_the_admin_login(client):
+    response = client.get("/dashboard/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+    assert "next=/dashboard/" in response["Location"]
+
+
+def test_it_redirects_anonymous_requests_for_data(client):
+    response = client.get("/dashboard/data.json")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+def test_it_turns_away_signed_in_users_who_are_not_staff(client, django_user_model):
+    user = django_user_model.objects.create_user("viewer", password="pw-viewer-123")
+    client.force_login(user)
+    assert client.get("/dashboard/").status_code == 302
+
+
+def test_it_loads_plotly_from_the_local_static_files(admin_client):
+    response = admin_client.get("/dashboard/")
+    assert response.status_code == 200
+    assert f'<script src="{PLOTLY_URL}"></script>' in response.content.decode()
+
+
+def test_it_serves_the_plotly_bundle_itself(client):
+    response = client.get(PLOTLY_URL)
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content)
+    assert len(body) > 1_000_000
+    assert b"plotly" in body[:2000].lower()
+
+
+def test_it_has_a_container_for_each_chart(admin_client):
+    html = admin_client.get("/dashboard/").content.decode()
+    for name in ("qps", "latency", "ttft", "errors", "tokens"):
+        assert f'id="chart-{name}"' in html
+
+
+def test_it_shows_the_request_count_of_the_last_15_minutes(admin_client):
+    calls_create(3)
+    call_create(seconds_ago=20 * 60)  # outside the window
+    html = admin_client.get("/dashboard/").content.decode()
+    assert 'id="kpi-requests">3</span>' in html
+
+
+def test_it_lists_the_latest_calls_and_their_routes(admin_client):
+    call_create(route="summarise", served_model="tiny-model", status_code=502,
+                error_type="upstream_error")
+    html = admin_client.get("/dashboard/").content.decode()
+    assert "tiny-model" in html
+    assert 'class="call error"' in html
+    assert "<td>summarise</td>" in html
+
+
+def test_it_escapes_client_supplied_model_names(admin_client):
+    call_create(requested_model="<script>x()</script>", served_model="")
+    html = admin_client.get("/dashboard/").content.decode()
+    assert "<script>x()</script>" not in html
+
+
+def test_data_json_counts_the_calls_of_the_window(admin_client):
+    calls_create(4, stream=True, ttft_ms=25.0)
+    calls_create(1, status_code=500, cache="exact")
+    data = admin_client.get("/dashboard/data.json").json()
+    assert data["summary"]["requests"] == 5
+    assert data["summary"]["error_rate"] == pytest.approx(0.2)
+    assert len(data["calls"]) == 5
+    kpis = {k["key"]: k["value"] for k in data["view"]["kpis"]}
+    assert kpis["requests"] == "5"
+    assert kpis["error-rate"] == "20.0 %"
+    assert kpis["cache-hit-rate"] == "20.0 %"
+
+
+def test_data_json_carries_the_figures_with_the_new_calls(admin_client):
+    calls_create(2, latency_ms=250.0)
+    figures = admin_client.get("/dashboard/data.json").json()["figures"]
+    assert set(figures) == {"qps", "latency", "ttft", "errors", "tokens"}
+    p99 = next(t for t in figures["latency"]["data"] if t["name"] == "P99")
+    assert 250.0 in p99["y"]
+    assert len(p99["y"]) == 30  # 15 minutes of 30 s buckets
+
+
+def test_data_json_lists_the_latest_call_first(admin_client):
+    call_create(seconds_ago=30, request_id="older")
+    call_create(seconds_ago=2, request_id="newer")
+    calls = admin_client.get("/dashboard/data.json").json()["calls"]
+    assert [c["request_id"] for c in calls] == ["newer", "older"]
+
+
+def test_data_json_is_never_cached(admin_client):
+    response = admin_client.get("/dashboard/data.json")
+    assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
