@@ -12,7 +12,8 @@ from decimal import Decimal
 from typing import Any
 
 from analytics.recorder import recorder
-from proxy.snapshot import KeyInfo, PriceInfo, RouteInfo, Snapshot
+from proxy.pool import BackendState
+from proxy.snapshot import BackendInfo, KeyInfo, PriceInfo, RouteInfo, Snapshot
 
 _MILLION = Decimal(1_000_000)
 
@@ -23,7 +24,7 @@ class CallLog:
     __slots__ = (
         "request_id", "created_at", "started", "endpoint", "key", "route", "requested_model",
         "served_model", "backend", "stream", "status_code", "error_type", "prompt_tokens",
-        "completion_tokens", "ttft_ms", "finished",
+        "completion_tokens", "ttft_ms", "finished", "backend_state",
     )
 
     def __init__(self, *, endpoint: str) -> None:
@@ -43,6 +44,13 @@ class CallLog:
         self.completion_tokens = 0
         self.ttft_ms: float | None = None
         self.finished = False
+        self.backend_state: BackendState | None = None
+
+    def backend_take(self, backend: BackendInfo, state: BackendState) -> None:
+        """The call now occupies `backend` until `finish()`: its in-flight count says so."""
+        self.backend, self.served_model = backend.name, backend.model
+        self.backend_state = state
+        state.in_flight += 1
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0
@@ -66,6 +74,8 @@ class CallLog:
         if self.finished:
             return
         self.finished = True
+        if self.backend_state is not None:
+            self.backend_state.in_flight -= 1
         recorder.record(self.to_record(snapshot))
 
     def to_record(self, snapshot: Snapshot) -> dict[str, Any]:

@@ -24,10 +24,10 @@ from proxy import sse
 from proxy.accounting import CallLog
 from proxy.auth import key_authenticate
 from proxy.errors import ApiError, error_body
-from proxy.pool import BackendState, backend_mark, backend_pick, backend_state
+from proxy.pool import backend_mark, backend_pick, backend_state
 from proxy.routing import route_resolve
 from proxy.schemas import body_parse, upstream_body, wants_stream, wants_usage_chunk
-from proxy.snapshot import Snapshot, snapshot_current
+from proxy.snapshot import BackendInfo, Snapshot, snapshot_current
 from proxy.upstream import UpstreamError, upstream_post
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -44,38 +44,48 @@ async def completion_handle(request: HttpRequest, *, endpoint: str) -> HttpRespo
         log.stream = wants_stream(body)
         log.route = route_resolve(body["model"], snapshot)
         backend = backend_pick(log.route.model, snapshot)
-        log.backend, log.served_model = backend.name, backend.model
-        state = backend_state(backend)
-        state.in_flight += 1
-        try:
-            upstream = await upstream_post(
-                backend, f"/v1/{endpoint}", upstream_body(body, served_model=backend.model)
-            )
-        except UpstreamError as exc:
-            state.in_flight -= 1
-            if exc.code == "upstream_unreachable":
-                backend_mark(backend, healthy=False)
-            raise
+        log.backend_take(backend, backend_state(backend))
+        upstream = await _upstream_open(backend, endpoint, body)
     except ApiError as exc:
         log.fail(exc.status, exc.code or exc.type)
         log.finish(snapshot)
         return _tagged(exc.response(), log)
+    except asyncio.CancelledError:  # the app hung up before the backend answered
+        log.fail(499, "client_closed")
+        log.finish(snapshot)
+        raise
 
-    if upstream.status != 200:
-        response = await _upstream_error_relay(upstream, log)
-    elif log.stream:
+    if upstream.status == 200 and log.stream:
         relay = _stream_relay(
-            upstream, log, snapshot, state, strip_usage_chunk=not wants_usage_chunk(body)
+            upstream, log, snapshot, strip_usage_chunk=not wants_usage_chunk(body)
         )
         response = StreamingHttpResponse(relay, content_type="text/event-stream")
         for name, value in STREAM_HEADERS.items():
             response[name] = value
         return _tagged(response, log)
-    else:
-        response = await _body_relay(upstream, log)
-    state.in_flight -= 1
-    log.finish(snapshot)
+    try:
+        if upstream.status != 200:
+            response = await _upstream_error_relay(upstream, log)
+        else:
+            response = await _body_relay(upstream, log)
+    except asyncio.CancelledError:
+        upstream.close()
+        log.fail(499, "client_closed")
+        raise
+    finally:
+        log.finish(snapshot)
     return _tagged(response, log)
+
+
+async def _upstream_open(backend: BackendInfo, endpoint: str, body: dict) -> aiohttp.ClientResponse:
+    try:
+        return await upstream_post(
+            backend, f"/v1/{endpoint}", upstream_body(body, served_model=backend.model)
+        )
+    except UpstreamError as exc:
+        if exc.code == "upstream_unreachable":
+            backend_mark(backend, healthy=False)
+        raise
 
 
 async def _body_relay(upstream: aiohttp.ClientResponse, log: CallLog) -> HttpResponse:
@@ -110,7 +120,6 @@ async def _stream_relay(
     upstream: aiohttp.ClientResponse,
     log: CallLog,
     snapshot: Snapshot,
-    state: BackendState,
     *,
     strip_usage_chunk: bool,
 ) -> AsyncIterator[bytes]:
@@ -139,7 +148,6 @@ async def _stream_relay(
         raise
     finally:
         upstream.close()  # a no-op once released; otherwise it cancels the upstream request
-        state.in_flight -= 1
         log.finish(snapshot)
 
 

@@ -6,7 +6,8 @@ import openai
 import pytest
 
 from proxy.models import Backend, Route
-from proxy.snapshot import snapshot_reload
+from proxy.pool import backend_state
+from proxy.snapshot import snapshot_current, snapshot_reload
 from simulator.process import SimulatorProcess
 
 MESSAGES = [{"role": "user", "content": "Write a long story."}]
@@ -39,6 +40,11 @@ def faulty_sim(pool):
         yield sim
 
 
+def in_flight(backend_name: str) -> int:
+    [backend] = [b for b in snapshot_current().backends if b.name == backend_name]
+    return backend_state(backend).in_flight
+
+
 def wait_until(predicate, timeout_s: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -58,6 +64,19 @@ def test_a_client_hanging_up_cancels_the_upstream_request(sdk, slow_sim, flush_c
 
     assert wait_until(lambda: running(slow_sim) == 0)
     assert wait_until(lambda: [c.status_code for c in flush_calls()] == [499])
+    assert in_flight("slow") == 0
+
+
+def test_the_in_flight_count_goes_up_during_a_stream_and_back_down_after(sdk, slow_sim):
+    stream = sdk.chat.completions.create(model="slow", messages=MESSAGES, stream=True,
+                                         max_tokens=3)
+    chunks = iter(stream)
+    next(chunks)
+    assert in_flight("slow") == 1
+
+    list(chunks)
+
+    assert wait_until(lambda: in_flight("slow") == 0)
 
 
 def test_a_backend_error_event_mid_stream_reaches_the_app_and_marks_the_call_failed(
