@@ -86,7 +86,7 @@ def main() -> int:
             "--lifespan", "on", "--no-access-log", "--timeout-graceful-shutdown", "60",
         ])
         worker = _spawn([
-            "-m", "celery", "-A", "config", "worker", "-B", "--pool=solo",
+            "-m", "celery", "-A", "config", "--quiet", "worker", "-B", "--pool=solo",
             "--loglevel=WARNING", "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME,
         ])
         _wait_http(f"http://127.0.0.1:{args.port}/health", process=web)

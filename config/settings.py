@@ -48,7 +48,7 @@ INSTALLED_APPS = [
     "dashboard",
 ]
 
-# Every middleware here is async-capable, so the proxy's async views never hop threads.
+# For the admin, the dashboard and the ops API. /v1/* bypasses them (see config/asgi.py).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
