@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from proxy.errors import model_not_found
-from proxy.snapshot import BackendInfo, Snapshot
+from proxy.snapshot import BackendInfo, Snapshot, snapshot_current
 from proxy.upstream import upstream_health
 
 logger = logging.getLogger("sluice.pool")
@@ -24,14 +24,16 @@ class BackendState:
     in_flight: int = 0
 
 
-_states: dict[str, BackendState] = {}
+# Keyed by the whole BackendInfo: a backend re-pointed in the admin (new URL, say) starts
+# with a fresh state, and a probe still running against its old address cannot mislabel it.
+_states: dict[BackendInfo, BackendState] = {}
 _turns: dict[str, itertools.count] = {}
 
 
 def backend_state(backend: BackendInfo) -> BackendState:
-    state = _states.get(backend.name)
+    state = _states.get(backend)
     if state is None:
-        state = _states[backend.name] = BackendState()
+        state = _states[backend] = BackendState()
     return state
 
 
@@ -59,3 +61,5 @@ async def health_probe_all(snapshot: Snapshot) -> None:
     results = await asyncio.gather(*(upstream_health(b) for b in backends))
     for backend, ok in zip(backends, results):
         backend_mark(backend, healthy=ok)
+    for gone in set(_states) - set(snapshot_current().backends):
+        del _states[gone]  # removed or edited since; in-flight calls keep their own reference

@@ -7,6 +7,7 @@ carry whether a retry could help, for the retry/fallback step that builds on thi
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import aiohttp
 from django.conf import settings
@@ -14,8 +15,10 @@ from django.conf import settings
 from proxy.errors import ApiError
 from proxy.snapshot import BackendInfo
 
-_session: aiohttp.ClientSession | None = None
-_session_loop: asyncio.AbstractEventLoop | None = None
+# One pooled session per event loop (a server has one; tests and tools may run others).
+_sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]" = (
+    weakref.WeakKeyDictionary()
+)
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -29,17 +32,17 @@ class UpstreamError(ApiError):
 
 
 def session_get() -> aiohttp.ClientSession:
-    """One pooled session per event loop, created lazily inside the running loop."""
-    global _session, _session_loop
+    """The running loop's pooled session, created lazily inside that loop."""
     loop = asyncio.get_running_loop()
-    if _session is None or _session.closed or _session_loop is not loop:
+    session = _sessions.get(loop)
+    if session is None or session.closed:
         connector = aiohttp.TCPConnector(
             limit=settings.SLUICE_UPSTREAM_MAX_CONNECTIONS,
             limit_per_host=0,
             ttl_dns_cache=300,
             keepalive_timeout=30,
         )
-        _session = aiohttp.ClientSession(
+        session = _sessions[loop] = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
                 total=None,
@@ -49,15 +52,14 @@ def session_get() -> aiohttp.ClientSession:
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
         )
-        _session_loop = loop
-    return _session
+    return session
 
 
 async def session_close() -> None:
-    global _session
-    if _session is not None and not _session.closed:
-        await _session.close()
-    _session = None
+    """Close the running loop's session (at shutdown)."""
+    session = _sessions.pop(asyncio.get_running_loop(), None)
+    if session is not None and not session.closed:
+        await session.close()
 
 
 async def upstream_post(backend: BackendInfo, path: str, body: bytes) -> aiohttp.ClientResponse:

@@ -107,3 +107,17 @@ def test_it_balances_calls_across_the_pool_in_turn(sdk, flush_calls):
     backends = [call.backend for call in flush_calls()]
     assert sorted(backends) == ["sim-1", "sim-1", "sim-2", "sim-2"]
     assert backends[0] != backends[1]
+
+
+def test_it_passes_fields_it_does_not_know_through_to_the_backend(sdk, direct):
+    """Sluice checks only what it uses; `stop` here is the backend's business."""
+    first = direct.chat.completions.create(model=SIM_MODEL, messages=MESSAGES, max_tokens=12)
+    stop_word = first.choices[0].message.content.split()[3]
+    expected = direct.chat.completions.create(model=SIM_MODEL, messages=MESSAGES, stop=[stop_word])
+
+    answer = sdk.chat.completions.create(model="default", messages=MESSAGES, stop=[stop_word],
+                                         extra_body={"top_k": 5, "ignore_eos": False})
+
+    assert answer.choices[0].message.content == expected.choices[0].message.content
+    assert answer.choices[0].finish_reason == "stop"
+    assert stop_word not in answer.choices[0].message.content

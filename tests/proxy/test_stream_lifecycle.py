@@ -86,6 +86,8 @@ def test_a_backend_error_event_mid_stream_reaches_the_app_and_marks_the_call_fai
         list(sdk.chat.completions.create(model="faulty", messages=MESSAGES, stream=True,
                                          max_tokens=40))
 
+    # The SDK raises on the error event; the server closes the books just after.
+    assert wait_until(lambda: len(flush_calls()) == 1)
     [call] = flush_calls()
     assert (call.status_code, call.error_type) == (502, "upstream_stream_error")
 
@@ -101,5 +103,6 @@ def test_a_backend_dying_mid_stream_ends_the_stream_with_an_error_event(sdk, slo
     with pytest.raises(openai.APIError) as caught:
         list(chunks)
     assert "mid-stream" in str(caught.value)
+    assert wait_until(lambda: len(flush_calls()) == 1)
     [call] = flush_calls()
     assert (call.status_code, call.backend) == (502, "slow")
