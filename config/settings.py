@@ -135,6 +135,9 @@ LOGGING = {
     },
 }
 
+# Prompts can be long (and carry images): the largest request body accepted, in bytes.
+DATA_UPLOAD_MAX_MEMORY_SIZE = envint("SLUICE_MAX_REQUEST_BYTES", 32 * 1024 * 1024)
+
 # --- Sluice -------------------------------------------------------------------------------
 # Accepted as an API key by the proxy and as an admin token by the ops API.
 SLUICE_MASTER_KEY = envstr("SLUICE_MASTER_KEY")

@@ -14,6 +14,7 @@ Nothing here awaits the database: the record goes to a buffered writer.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import AsyncIterator
 
 import aiohttp
@@ -26,9 +27,11 @@ from proxy.auth import key_authenticate
 from proxy.errors import ApiError, error_body
 from proxy.pool import backend_mark, backend_pick, backend_state
 from proxy.routing import route_resolve
-from proxy.schemas import body_parse, upstream_body, wants_stream, wants_usage_chunk
+from proxy.schemas import body_parse, body_read, upstream_body, wants_stream, wants_usage_chunk
 from proxy.snapshot import BackendInfo, Snapshot, snapshot_current
 from proxy.upstream import UpstreamError, upstream_post
+
+logger = logging.getLogger("sluice.proxy")
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -39,7 +42,7 @@ async def completion_handle(request: HttpRequest, *, endpoint: str) -> HttpRespo
     snapshot = snapshot_current()
     try:
         log.key = key_authenticate(request.headers.get("Authorization"), snapshot)
-        body = body_parse(request.body, endpoint=endpoint)
+        body = body_parse(body_read(request), endpoint=endpoint)
         log.requested_model = body["model"]
         log.stream = wants_stream(body)
         log.route = route_resolve(body["model"], snapshot)
@@ -54,6 +57,13 @@ async def completion_handle(request: HttpRequest, *, endpoint: str) -> HttpRespo
         log.fail(499, "client_closed")
         log.finish(snapshot)
         raise
+    except Exception:  # a bug of ours: still an OpenAI-shaped answer, and still a record
+        logger.exception("request %s failed inside Sluice", log.request_id)
+        log.fail(500, "internal_error")
+        log.finish(snapshot)
+        error = ApiError(500, "Sluice failed to handle this request.", type="server_error",
+                         code="internal_error")
+        return _tagged(error.response(), log)
 
     if upstream.status == 200 and log.stream:
         relay = _stream_relay(

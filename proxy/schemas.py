@@ -8,13 +8,25 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest
 
-from proxy.errors import invalid
+from proxy.errors import ApiError, invalid
 
 CHAT = "chat/completions"
 COMPLETIONS = "completions"
 
 _POSITIVE_INTS = ("max_tokens", "max_completion_tokens", "n")
+
+
+def body_read(request: HttpRequest) -> bytes:
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise ApiError(
+            413, "The request body is larger than this gateway accepts (SLUICE_MAX_REQUEST_BYTES).",
+            code="request_too_large",
+        ) from None
 
 
 def body_parse(raw: bytes, *, endpoint: str) -> dict[str, Any]:

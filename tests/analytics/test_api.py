@@ -1,10 +1,7 @@
 """The ops API: admin token or staff session, the summary and the recent calls."""
-from datetime import timedelta
-
 import pytest
-from django.utils import timezone
 
-from analytics.models import Call
+from tests.factories import calls_create
 
 TOKEN = "sk-master-api-tests"
 
@@ -15,10 +12,7 @@ def master_key(settings):
 
 
 def make_calls(n: int, *, route: str, status: int = 200) -> None:
-    for i in range(n):
-        Call.objects.create(created_at=timezone.now() - timedelta(seconds=5),
-                            request_id=f"req-{route}-{status}-{i}", endpoint="chat/completions",
-                            route=route, status_code=status, latency_ms=50.0)
+    calls_create(n, route=route, status_code=status)
 
 
 def test_it_refuses_anonymous_callers(client, db):

@@ -5,11 +5,11 @@ from django.utils import timezone
 
 from analytics.models import Call
 from analytics.tasks import calls_retention
+from tests.factories import call_create
 
 
 def make_call(request_id: str, *, age: timedelta) -> None:
-    Call.objects.create(created_at=timezone.now() - age, request_id=request_id,
-                        endpoint="chat/completions", status_code=200, latency_ms=1.0)
+    call_create(created_at=timezone.now() - age, request_id=request_id)
 
 
 def test_it_deletes_calls_older_than_the_retention_and_keeps_the_rest(db, settings):

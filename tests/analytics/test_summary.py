@@ -6,17 +6,18 @@ import pytest
 from django.utils import timezone
 
 from analytics.models import Call
+from tests.factories import call_create
 from analytics.selectors import percentile, series_compute, summary_compute
 
 NOW = timezone.now()
 
 
-def make_call(i: int, *, route: str = "default", status: int = 200, latency: float = 100.0,
+def make_call(*, route: str = "default", status: int = 200, latency: float = 100.0,
               ttft: float | None = None, ago_s: float = 10.0, **extra) -> Call:
-    return Call.objects.create(
-        created_at=NOW - timedelta(seconds=ago_s), request_id=f"req-{route}-{i}",
-        endpoint="chat/completions", route=route, status_code=status, latency_ms=latency,
-        ttft_ms=ttft, **extra)
+    fields = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": Decimal(0),
+              "baseline_cost_usd": Decimal(0), **extra}
+    return call_create(created_at=NOW - timedelta(seconds=ago_s), route=route,
+                       status_code=status, latency_ms=latency, ttft_ms=ttft, **fields)
 
 
 def test_percentile_is_nearest_rank():
@@ -33,16 +34,16 @@ def known_calls(db):
     # 100 calls on "default": latencies 1..100 ms; calls 1-3 fail with 502; the
     # streamed half (even i) has TTFT i/2 ms; each has 10 prompt + 5 completion tokens.
     for i in range(1, 101):
-        make_call(i, latency=float(i), status=502 if i <= 3 else 200,
+        make_call(latency=float(i), status=502 if i <= 3 else 200,
                   ttft=i / 2 if i % 2 == 0 else None, stream=i % 2 == 0,
                   prompt_tokens=10, completion_tokens=5,
                   cost_usd=Decimal("0.001"), baseline_cost_usd=Decimal("0.004"),
                   cache="exact" if i > 90 else "miss")
     # 4 calls on "small": 1000 ms each, one 400 (a client error, not an error of the pool).
     for i in range(1, 5):
-        make_call(i, route="small", latency=1000.0, status=400 if i == 1 else 200)
+        make_call(route="small", latency=1000.0, status=400 if i == 1 else 200)
     # Outside the 15-minute window: must not count.
-    make_call(999, latency=99999.0, ago_s=16 * 60)
+    make_call(latency=99999.0, ago_s=16 * 60)
 
 
 def test_the_summary_matches_hand_computed_numbers(known_calls):
@@ -82,9 +83,9 @@ def test_an_empty_window_has_zero_traffic_and_no_percentiles(db):
 
 
 def test_the_series_puts_each_call_in_its_time_bucket(db):
-    make_call(1, ago_s=5, latency=10.0)
-    make_call(2, ago_s=5, latency=30.0)
-    make_call(3, ago_s=95, latency=20.0)
+    make_call(ago_s=5, latency=10.0)
+    make_call(ago_s=5, latency=30.0)
+    make_call(ago_s=95, latency=20.0)
 
     series = series_compute(minutes=15, bucket_s=30, now=NOW)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.dashboard.factories import calls_create
+from tests.factories import calls_create
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dashboard.factories import call_create, calls_create
+from tests.factories import call_create, calls_create
 
 pytestmark = pytest.mark.django_db
 

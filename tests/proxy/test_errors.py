@@ -164,3 +164,29 @@ def test_it_records_rejected_calls_too(gateway, pool, flush_calls):
 
     calls = flush_calls()
     assert sorted(c.status_code for c in calls) == [400, 401]
+
+
+def test_it_answers_413_for_a_body_over_the_limit(gateway, pool, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    body = json.dumps({"model": "default", "messages": [{"role": "user", "content": "x" * 4096}]})
+
+    status, payload = post(gateway, "/v1/chat/completions", body.encode(), pool)
+
+    assert status == 413
+    assert assert_openai_shape(payload)["code"] == "request_too_large"
+
+
+def test_a_failure_inside_sluice_still_answers_in_openai_shape_and_is_recorded(
+    gateway, pool, monkeypatch, flush_calls
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("proxy.pipeline.route_resolve", broken)
+    status, payload = post(gateway, "/v1/chat/completions",
+                           json.dumps({"model": "default", "messages": MESSAGES}).encode(), pool)
+
+    assert status == 500
+    assert assert_openai_shape(payload)["type"] == "server_error"
+    [call] = flush_calls()
+    assert (call.status_code, call.error_type) == (500, "internal_error")

@@ -1,4 +1,4 @@
-"""Call rows for the dashboard tests, written with the ORM as the recorder would."""
+"""Call rows for tests, written with the ORM as the recorder would; override any field."""
 from __future__ import annotations
 
 import uuid
