@@ -2,32 +2,32 @@
 (`make test` points DATABASE_URL and REDIS_URL at them) and real simulator processes."""
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
+import openai
 import pytest
+import uvicorn
 from django.conf import settings
+
+from analytics.recorder import recorder
+from proxy.models import ApiKey, Backend, Route
+from proxy.snapshot import snapshot_reload
+from simulator.process import SimulatorProcess
 
 
 def pytest_configure(config):
-    if "postgresql" not in settings.DATABASES["default"]["ENGINE"]:
+    if "postgresql" not in settings.DATABASES["default"]["ENGINE"] or not settings.REDIS_URL:
         pytest.exit(
-            "The tests run against PostgreSQL: use `make test`, or set "
-            "DATABASE_URL=postgres://postgres@127.0.0.1:5432/test and REDIS_URL.",
+            "The tests run against PostgreSQL and Redis: use `make test`, or set "
+            "DATABASE_URL=postgres://postgres@127.0.0.1:5432/test and "
+            "REDIS_URL=redis://127.0.0.1:6379/15.",
             returncode=2,
         )
 
 
 # --- real processes and servers ------------------------------------------------------------
-import socket  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
-import openai  # noqa: E402
-import uvicorn  # noqa: E402
-
-from analytics.recorder import recorder  # noqa: E402
-from proxy.models import ApiKey, Backend, Route  # noqa: E402
-from proxy.snapshot import snapshot_reload  # noqa: E402
-from simulator.process import SimulatorProcess  # noqa: E402
-
 SIM_MODEL = "sim-model"
 
 
@@ -80,8 +80,6 @@ class ThreadedGateway:
 def threaded_gateway(django_db_setup, django_db_blocker):
     """One gateway for the session. Its writer thread and config refresh never fire on
     their own here: each test reloads the config and flushes the log where it wants to."""
-    from django.conf import settings
-
     settings.SLUICE_LOG_FLUSH_INTERVAL_S = 3600
     settings.SLUICE_CONFIG_REFRESH_S = 3600
     gateway = ThreadedGateway()
