@@ -1,5 +1,6 @@
 """Admin for the gateway's configuration. A new API key's plaintext is shown once, on save."""
 from django.contrib import admin, messages
+from django.db import models
 
 from proxy.models import ApiKey, Backend, Price, Route
 
@@ -10,6 +11,8 @@ class BackendAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "model"]
     list_editable = ["enabled"]
     search_fields = ["name", "model", "base_url"]
+    # vLLM servers usually sit on a private network without TLS.
+    formfield_overrides = {models.URLField: {"assume_scheme": "http"}}
 
 
 @admin.register(Route)

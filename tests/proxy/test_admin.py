@@ -1,0 +1,54 @@
+"""Operators manage keys, routes and backends in the admin; edits reach the proxy at once."""
+import re
+
+import openai
+import pytest
+
+from proxy.models import ApiKey, key_hash
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def test_a_key_added_in_the_admin_is_shown_once_stored_hashed_and_works_at_once(
+    admin_client, gateway
+):
+    response = admin_client.post("/admin/proxy/apikey/add/", {"name": "billing-app",
+                                                              "is_active": "on"}, follow=True)
+
+    plaintext = re.search(r"sk-sluice-[\w-]+", response.content.decode()).group(0)
+    key = ApiKey.objects.get(name="billing-app")
+    assert key.key_hash == key_hash(plaintext)
+    assert plaintext not in str(ApiKey.objects.filter(pk=key.pk).values().get())
+    app = openai.OpenAI(base_url=gateway.url + "/v1", api_key=plaintext, max_retries=0)
+    assert app.chat.completions.create(model="default", messages=MESSAGES, max_tokens=1)
+
+
+def test_a_route_added_in_the_admin_is_routable_at_once(admin_client, sdk):
+    admin_client.post("/admin/proxy/route/add/", {"name": "cheap", "model": "sim-model",
+                                                  "baseline_model": "", "enabled": "on"})
+
+    answer = sdk.chat.completions.with_raw_response.create(model="cheap", messages=MESSAGES,
+                                                           max_tokens=1)
+
+    assert answer.headers["x-sluice-route"] == "cheap"
+
+
+def test_a_backend_disabled_in_the_admin_gets_no_more_calls(admin_client, sdk, flush_calls):
+    from proxy.models import Backend
+
+    sim2 = Backend.objects.get(name="sim-2")
+    admin_client.post("/admin/proxy/backend/", {
+        "form-TOTAL_FORMS": "2", "form-INITIAL_FORMS": "2", "form-0-id": sim2.id,
+        "form-0-enabled": "", "form-1-id": Backend.objects.get(name="sim-1").id,
+        "form-1-enabled": "on", "_save": "Save"})
+    assert not Backend.objects.get(name="sim-2").enabled
+
+    for _ in range(3):
+        sdk.chat.completions.create(model="default", messages=MESSAGES, max_tokens=1)
+
+    assert {c.backend for c in flush_calls()} == {"sim-1"}
+
+
+@pytest.mark.parametrize("page", ["backend", "route", "apikey", "price"])
+def test_the_admin_lists_each_configuration_table(admin_client, page):
+    assert admin_client.get(f"/admin/proxy/{page}/").status_code == 200
