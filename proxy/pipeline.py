@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import AsyncIterator
 
 import aiohttp
@@ -69,6 +70,7 @@ async def completion_handle(request: HttpRequest, *, endpoint: str) -> HttpRespo
         relay = _stream_relay(
             upstream, log, snapshot, strip_usage_chunk=not wants_usage_chunk(body)
         )
+        weakref.finalize(relay, _stream_dropped, upstream, log, snapshot)
         response = StreamingHttpResponse(relay, content_type="text/event-stream")
         for name, value in STREAM_HEADERS.items():
             response[name] = value
@@ -158,6 +160,15 @@ async def _stream_relay(
         raise
     finally:
         upstream.close()  # a no-op once released; otherwise it cancels the upstream request
+        log.finish(snapshot)
+
+
+def _stream_dropped(upstream: aiohttp.ClientResponse, log: CallLog, snapshot: Snapshot) -> None:
+    """A client gone before Django starts sending leaves the relay never started, so its
+    `finally` never runs: close the books here instead (a no-op for any relay that ran)."""
+    if not log.finished:
+        upstream.close()
+        log.fail(499, "client_closed")
         log.finish(snapshot)
 
 

@@ -106,3 +106,33 @@ def test_a_backend_dying_mid_stream_ends_the_stream_with_an_error_event(sdk, slo
     assert wait_until(lambda: len(flush_calls()) == 1)
     [call] = flush_calls()
     assert (call.status_code, call.backend) == (502, "slow")
+
+
+def test_a_stream_dropped_before_its_first_byte_is_still_recorded(pool, slow_sim, flush_calls):
+    """Django drops a response unsent when the client leaves in between; the call still
+    gets its record and the upstream request is cancelled."""
+    import asyncio
+    import gc
+    import json
+
+    from django.test import RequestFactory
+
+    from proxy.pipeline import completion_handle
+    from proxy.schemas import CHAT
+    from proxy.upstream import session_close
+
+    request = RequestFactory().post(
+        "/v1/chat/completions", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {pool}",
+        data=json.dumps({"model": "slow", "messages": MESSAGES, "stream": True, "max_tokens": 500}))
+
+    async def scenario():
+        response = await completion_handle(request, endpoint=CHAT)
+        assert response.streaming and running(slow_sim) == 1
+        del response
+        gc.collect()
+        await session_close()
+
+    asyncio.run(scenario())
+
+    assert wait_until(lambda: running(slow_sim) == 0)
+    assert [(c.status_code, c.error_type) for c in flush_calls()] == [(499, "client_closed")]
