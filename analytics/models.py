@@ -43,7 +43,3 @@ class Call(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%H:%M:%S} {self.route} {self.status_code}"
-
-    @property
-    def is_error(self) -> bool:
-        return self.status_code >= 500

@@ -1,6 +1,5 @@
 """Every malformed or failing request gets OpenAI's error shape with the right status."""
 import json
-import socket
 import urllib.error
 import urllib.request
 
@@ -9,6 +8,7 @@ import pytest
 
 from proxy.models import Backend, Route
 from proxy.snapshot import snapshot_reload
+from simulator.process import free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -125,9 +125,7 @@ def test_it_accepts_the_master_key(gateway, pool, settings):
 
 
 def test_it_answers_502_when_the_backend_is_unreachable(gateway, pool, flush_calls):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
+    dead_port = free_port()  # nobody listens on it
     Backend.objects.create(name="dead", base_url=f"http://127.0.0.1:{dead_port}", model="dead-model")
     Route.objects.create(name="dead-route", model="dead-model")
     snapshot_reload()

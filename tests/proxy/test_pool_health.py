@@ -1,6 +1,5 @@
 """Round-robin over healthy backends: a backend that is down stops getting calls."""
 import asyncio
-import socket
 
 import openai
 import pytest
@@ -9,15 +8,9 @@ from proxy.models import Backend, Route
 from proxy.pool import backend_state, health_probe_all
 from proxy.snapshot import snapshot_current, snapshot_reload
 from proxy.upstream import session_close
-from simulator.process import SimulatorProcess
+from simulator.process import SimulatorProcess, free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -25,7 +18,7 @@ def half_dead_pool(pool):
     """Two backends of model `mixed`: one a live simulator, one a port nobody listens on."""
     with SimulatorProcess(model="mixed", ttft_ms=1, tokens_per_s=5000) as live:
         Backend.objects.create(name="a-live", base_url=live.url, model="mixed")
-        Backend.objects.create(name="b-dead", base_url=f"http://127.0.0.1:{closed_port()}",
+        Backend.objects.create(name="b-dead", base_url=f"http://127.0.0.1:{free_port()}",
                                model="mixed")
         Route.objects.create(name="mixed", model="mixed")
         snapshot_reload()
