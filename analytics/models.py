@@ -32,7 +32,12 @@ class Call(models.Model):
     routing_decision = models.CharField(max_length=32, blank=True)
     latency_ms = models.FloatField()
     ttft_ms = models.FloatField(null=True, blank=True)
-    retries = models.PositiveSmallIntegerField(default=0)
+    retries = models.PositiveSmallIntegerField(
+        default=0, help_text="Attempts before the one that served the call (or gave up)."
+    )
+    queue_ms = models.FloatField(
+        null=True, blank=True, help_text="Time spent waiting for a free backend slot."
+    )
     fallback_used = models.BooleanField(default=False)
     cost_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
     baseline_cost_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)

@@ -141,9 +141,45 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = envint("SLUICE_MAX_REQUEST_BYTES", 32 * 1024 * 102
 # --- Sluice -------------------------------------------------------------------------------
 # Accepted as an API key by the proxy and as an admin token by the ops API.
 SLUICE_MASTER_KEY = envstr("SLUICE_MASTER_KEY")
-# Outbound calls to the pool.
+# Outbound calls to the pool: default timeouts (a route may override each in the admin).
 SLUICE_UPSTREAM_CONNECT_TIMEOUT_S = envfloat("SLUICE_UPSTREAM_CONNECT_TIMEOUT_S", 5.0)
+# Time to the backend's first byte; for a stream, to its first event. Expired: retried.
+SLUICE_UPSTREAM_TTFB_TIMEOUT_S = envfloat("SLUICE_UPSTREAM_TTFB_TIMEOUT_S", 60.0)
+# Longest silence between two reads once the answer has started (idle timeout).
 SLUICE_UPSTREAM_READ_TIMEOUT_S = envfloat("SLUICE_UPSTREAM_READ_TIMEOUT_S", 300.0)
+# The whole call, every attempt included.
+SLUICE_UPSTREAM_TOTAL_TIMEOUT_S = envfloat("SLUICE_UPSTREAM_TOTAL_TIMEOUT_S", 900.0)
+# Retries before the first byte: attempts per model of a route's chain, exponential backoff
+# with jitter between them, and a retry budget (Envoy's): retries may be at most
+# SLUICE_RETRY_BUDGET_PERCENT of the requests of the last SLUICE_RETRY_BUDGET_WINDOW_S, but
+# SLUICE_RETRY_BUDGET_MIN retries per window are always allowed.
+SLUICE_RETRY_MAX_ATTEMPTS = envint("SLUICE_RETRY_MAX_ATTEMPTS", 3)
+SLUICE_RETRY_BACKOFF_INITIAL_S = envfloat("SLUICE_RETRY_BACKOFF_INITIAL_S", 0.025)
+SLUICE_RETRY_BACKOFF_MAX_S = envfloat("SLUICE_RETRY_BACKOFF_MAX_S", 1.0)
+SLUICE_RETRY_BUDGET_PERCENT = envfloat("SLUICE_RETRY_BUDGET_PERCENT", 20.0)
+SLUICE_RETRY_BUDGET_WINDOW_S = envfloat("SLUICE_RETRY_BUDGET_WINDOW_S", 10.0)
+SLUICE_RETRY_BUDGET_MIN = envint("SLUICE_RETRY_BUDGET_MIN", 10)
+# Circuit breaker per backend (each overridable per backend in the admin): it opens after
+# SLUICE_BREAKER_FAILURES consecutive failures, or when the error rate over the last
+# SLUICE_BREAKER_WINDOW_S reaches SLUICE_BREAKER_ERROR_RATE with at least
+# SLUICE_BREAKER_MIN_REQUESTS calls in the window; after SLUICE_BREAKER_COOLDOWN_S it lets one
+# probe request through (half-open), and that probe's success closes it.
+SLUICE_BREAKER_FAILURES = envint("SLUICE_BREAKER_FAILURES", 5)
+SLUICE_BREAKER_ERROR_RATE = envfloat("SLUICE_BREAKER_ERROR_RATE", 0.5)
+SLUICE_BREAKER_WINDOW_S = envfloat("SLUICE_BREAKER_WINDOW_S", 10.0)
+SLUICE_BREAKER_MIN_REQUESTS = envint("SLUICE_BREAKER_MIN_REQUESTS", 20)
+SLUICE_BREAKER_COOLDOWN_S = envfloat("SLUICE_BREAKER_COOLDOWN_S", 10.0)
+# Overload: when every backend of a model is at its max_concurrency, requests wait in arrival
+# order, at most SLUICE_QUEUE_MAX per model and SLUICE_QUEUE_TIMEOUT_S each; beyond either,
+# 503 with Retry-After.
+SLUICE_QUEUE_MAX = envint("SLUICE_QUEUE_MAX", 1000)
+SLUICE_QUEUE_TIMEOUT_S = envfloat("SLUICE_QUEUE_TIMEOUT_S", 30.0)
+# Rate limits of a key without its own (0: unlimited). Routes set theirs in the admin.
+SLUICE_KEY_RPM_LIMIT = envint("SLUICE_KEY_RPM_LIMIT", 0)
+SLUICE_KEY_TPM_LIMIT = envint("SLUICE_KEY_TPM_LIMIT", 0)
+# Input limits operators may want to change (OpenAI's own: n <= 128).
+SLUICE_MAX_N = envint("SLUICE_MAX_N", 128)
+SLUICE_MAX_TOKENS_LIMIT = envint("SLUICE_MAX_TOKENS_LIMIT", 131072)
 SLUICE_UPSTREAM_MAX_CONNECTIONS = envint("SLUICE_UPSTREAM_MAX_CONNECTIONS", 1000)
 # How often each process re-reads keys, routes, backends and prices from the database.
 SLUICE_CONFIG_REFRESH_S = envfloat("SLUICE_CONFIG_REFRESH_S", 5.0)

@@ -18,6 +18,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -25,12 +26,16 @@ class ApiError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.headers = headers or {}
 
     def body(self) -> bytes:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
 
     def response(self) -> HttpResponse:
-        return HttpResponse(self.body(), status=self.status, content_type="application/json")
+        response = HttpResponse(self.body(), status=self.status, content_type="application/json")
+        for name, value in self.headers.items():
+            response[name] = value
+        return response
 
 
 def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> bytes:
@@ -51,4 +56,16 @@ def model_not_found(model: str) -> ApiError:
         f"The model `{model}` does not exist or no backend serves it.",
         param="model",
         code="model_not_found",
+    )
+
+
+def forbidden(message: str, *, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(403, message, type="permission_error", param=param, code=code)
+
+
+def overloaded(message: str, *, retry_after_s: float, code: str) -> ApiError:
+    """503 with Retry-After: the pool is full or unavailable for now, try again later."""
+    return ApiError(
+        503, message, type="server_error", code=code,
+        headers={"Retry-After": str(max(1, round(retry_after_s)))},
     )

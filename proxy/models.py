@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 KEY_PREFIX = "sk-sluice-"
@@ -27,7 +29,24 @@ class Backend(models.Model):
     enabled = models.BooleanField(default=True)
     weight = models.PositiveIntegerField(default=1)
     max_concurrency = models.PositiveIntegerField(
-        default=256, help_text="Usually vLLM's --max-num-seqs."
+        default=256,
+        help_text="Requests Sluice sends it at once (usually vLLM's --max-num-seqs); "
+        "the rest wait in Sluice's queue.",
+    )
+    # Circuit-breaker thresholds; blank means the SLUICE_BREAKER_* setting.
+    breaker_failures = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Consecutive failures that open the breaker (blank: SLUICE_BREAKER_FAILURES).",
+    )
+    breaker_error_rate = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Error rate over the sliding window that opens the breaker, 0-1 "
+        "(blank: SLUICE_BREAKER_ERROR_RATE).",
+    )
+    breaker_cooldown_s = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.0)],
+        help_text="Seconds an open breaker waits before letting one probe request through "
+        "(blank: SLUICE_BREAKER_COOLDOWN_S).",
     )
 
     class Meta:
@@ -48,12 +67,52 @@ class Route(models.Model):
         help_text="The model this route's savings are measured against (blank: its own model).",
     )
     enabled = models.BooleanField(default=True)
+    fallbacks = models.CharField(
+        max_length=500, blank=True,
+        help_text="Comma-separated routes or models to try, in order, when every backend of "
+        "this route's model is failing or open (e.g. chat-small, qwen2.5-1.5b).",
+    )
+    max_attempts = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Attempts per model of the chain before the first byte "
+        "(blank: SLUICE_RETRY_MAX_ATTEMPTS).",
+    )
+    connect_timeout_s = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.001)],
+        help_text="Blank: SLUICE_UPSTREAM_CONNECT_TIMEOUT_S.",
+    )
+    ttfb_timeout_s = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.001)],
+        help_text="Time to the backend's first byte (a stream's first event); an expired one "
+        "is retried. Blank: SLUICE_UPSTREAM_TTFB_TIMEOUT_S.",
+    )
+    idle_timeout_s = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.001)],
+        help_text="Longest silence between two reads. Blank: SLUICE_UPSTREAM_READ_TIMEOUT_S.",
+    )
+    total_timeout_s = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.001)],
+        help_text="Whole call, all attempts. Blank: SLUICE_UPSTREAM_TOTAL_TIMEOUT_S.",
+    )
+    rpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per minute on this route, all keys together."
+    )
+    tpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tokens per minute on this route, all keys together."
+    )
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return f"{self.name} → {self.model}"
+
+    def fallback_names(self) -> list[str]:
+        return [name.strip() for name in self.fallbacks.split(",") if name.strip()]
+
+    def clean(self) -> None:
+        if self.name in self.fallback_names() or self.model in self.fallback_names():
+            raise ValidationError({"fallbacks": "A route cannot fall back to itself."})
 
 
 class ApiKey(models.Model):
@@ -62,8 +121,19 @@ class ApiKey(models.Model):
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=20, editable=False)
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField(default=True, help_text="Untick to revoke the key (401).")
     created_at = models.DateTimeField(auto_now_add=True)
+    routes = models.ManyToManyField(
+        Route, blank=True, related_name="keys",
+        help_text="The routes this key may use (403 otherwise). None selected: every route "
+        "and served model.",
+    )
+    rpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per minute (blank: SLUICE_KEY_RPM_LIMIT)."
+    )
+    tpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tokens per minute (blank: SLUICE_KEY_TPM_LIMIT)."
+    )
 
     class Meta:
         ordering = ["name"]

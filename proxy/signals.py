@@ -1,7 +1,7 @@
 """Admin edits take effect in this process at once; other processes pick them up within
 SLUICE_CONFIG_REFRESH_S through the background refresh."""
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from proxy.models import ApiKey, Backend, Price, Route
@@ -16,5 +16,6 @@ from proxy.snapshot import snapshot_reload
 @receiver(post_delete, sender=Backend)
 @receiver(post_delete, sender=Route)
 @receiver(post_delete, sender=Price)
+@receiver(m2m_changed, sender=ApiKey.routes.through)
 def config_changed(**kwargs) -> None:
     transaction.on_commit(snapshot_reload)

@@ -19,6 +19,30 @@ logger = logging.getLogger("sluice.snapshot")
 class KeyInfo:
     id: int | None
     name: str
+    routes: frozenset[str] | None = None  # None: every route
+    rpm_limit: int = 0  # 0: unlimited
+    tpm_limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds; see the SLUICE_UPSTREAM_*_TIMEOUT_S settings."""
+
+    connect: float
+    ttfb: float
+    idle: float
+    total: float
+
+
+def timeouts_default() -> Timeouts:
+    from django.conf import settings
+
+    return Timeouts(
+        connect=settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT_S,
+        ttfb=settings.SLUICE_UPSTREAM_TTFB_TIMEOUT_S,
+        idle=settings.SLUICE_UPSTREAM_READ_TIMEOUT_S,
+        total=settings.SLUICE_UPSTREAM_TOTAL_TIMEOUT_S,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +50,11 @@ class RouteInfo:
     name: str
     model: str
     baseline_model: str
+    fallbacks: tuple[str, ...] = ()  # routes or models, in order
+    max_attempts: int = 0  # 0: SLUICE_RETRY_MAX_ATTEMPTS
+    timeouts: Timeouts | None = None  # None: the settings' defaults
+    rpm_limit: int = 0  # 0: unlimited
+    tpm_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +65,10 @@ class BackendInfo:
     model: str
     weight: int
     max_concurrency: int
+    # Circuit-breaker overrides; None: the SLUICE_BREAKER_* setting.
+    breaker_failures: int | None = None
+    breaker_error_rate: float | None = None
+    breaker_cooldown_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +98,13 @@ def snapshot_current() -> Snapshot:
 
 
 def snapshot_build() -> Snapshot:
-    """Read every configuration table once (four queries)."""
+    """Read every configuration table once (five queries)."""
     from proxy.models import ApiKey, Backend, Price, Route
 
-    keys = {
-        k.key_hash: KeyInfo(id=k.id, name=k.name) for k in ApiKey.objects.filter(is_active=True)
-    }
-    routes = {
-        r.name: RouteInfo(name=r.name, model=r.model, baseline_model=r.baseline_model or r.model)
-        for r in Route.objects.filter(enabled=True)
-    }
+    keys = {k.key_hash: _key_info(k) for k in ApiKey.objects.filter(is_active=True)
+            .prefetch_related("routes")}
+    defaults = timeouts_default()
+    routes = {r.name: _route_info(r, defaults) for r in Route.objects.filter(enabled=True)}
     by_model: dict[str, list[BackendInfo]] = {}
     for b in Backend.objects.filter(enabled=True).order_by("name"):
         by_model.setdefault(b.model, []).append(
@@ -85,6 +115,9 @@ def snapshot_build() -> Snapshot:
                 model=b.model,
                 weight=b.weight,
                 max_concurrency=b.max_concurrency,
+                breaker_failures=b.breaker_failures,
+                breaker_error_rate=b.breaker_error_rate,
+                breaker_cooldown_s=b.breaker_cooldown_s,
             )
         )
     prices = {
@@ -96,6 +129,38 @@ def snapshot_build() -> Snapshot:
         backends_by_model=MappingProxyType({m: tuple(bs) for m, bs in by_model.items()}),
         prices=MappingProxyType(prices),
         loaded=True,
+    )
+
+
+def _key_info(key) -> KeyInfo:
+    from django.conf import settings
+
+    allowed = frozenset(r.name for r in key.routes.all())
+    return KeyInfo(
+        id=key.id,
+        name=key.name,
+        routes=allowed or None,
+        rpm_limit=key.rpm_limit if key.rpm_limit is not None else settings.SLUICE_KEY_RPM_LIMIT,
+        tpm_limit=key.tpm_limit if key.tpm_limit is not None else settings.SLUICE_KEY_TPM_LIMIT,
+    )
+
+
+def _route_info(route, defaults: Timeouts) -> RouteInfo:
+    timeouts = Timeouts(
+        connect=route.connect_timeout_s or defaults.connect,
+        ttfb=route.ttfb_timeout_s or defaults.ttfb,
+        idle=route.idle_timeout_s or defaults.idle,
+        total=route.total_timeout_s or defaults.total,
+    )
+    return RouteInfo(
+        name=route.name,
+        model=route.model,
+        baseline_model=route.baseline_model or route.model,
+        fallbacks=tuple(route.fallback_names()),
+        max_attempts=route.max_attempts or 0,
+        timeouts=None if timeouts == defaults else timeouts,
+        rpm_limit=route.rpm_limit or 0,
+        tpm_limit=route.tpm_limit or 0,
     )
 
 
