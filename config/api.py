@@ -11,6 +11,7 @@ from ninja import NinjaAPI
 from ninja.security import HttpBearer
 
 from analytics.api import router as analytics_router
+from proxy.ops_api import router as pool_router
 
 
 class AdminToken(HttpBearer):
@@ -33,3 +34,4 @@ api = NinjaAPI(
     urls_namespace="api",
 )
 api.add_router("/", analytics_router)
+api.add_router("/", pool_router)

@@ -3,7 +3,8 @@ from django.contrib.staticfiles.views import serve as static_serve
 from django.urls import include, path, re_path
 
 from config.api import api
-from config.views import health
+from config.views import health, ready
+from proxy import api as proxy_api
 
 urlpatterns = [
     path("v1/", include("proxy.urls")),
@@ -11,6 +12,10 @@ urlpatterns = [
     path("dashboard/", include("dashboard.urls")),
     path("admin/", admin.site.urls),
     path("health", health),
+    path("ready", ready),
+    # vLLM serves these outside /v1.
+    path("tokenize", proxy_api.tokenize),
+    path("detokenize", proxy_api.detokenize),
     # The embedded default serves its own static files (admin CSS, plotly.js); behind nginx,
     # run collectstatic and let nginx serve STATIC_ROOT instead.
     re_path(r"^static/(?P<path>.*)$", static_serve, {"insecure": True}),

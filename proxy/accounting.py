@@ -12,10 +12,12 @@ from decimal import Decimal
 from typing import Any
 
 from analytics.recorder import recorder
-from proxy.pool import BackendState
-from proxy.snapshot import BackendInfo, KeyInfo, PriceInfo, RouteInfo, Snapshot
+from proxy.pool import FAILED, NEUTRAL, OK, Lease
+from proxy.ratelimit import Grant, limits_settle
+from proxy.snapshot import KeyInfo, PriceInfo, RouteInfo, Snapshot
 
 _MILLION = Decimal(1_000_000)
+_BACKEND_FAILURES = frozenset({"upstream_stream_error", "upstream_error", "upstream_timeout"})
 
 
 class CallLog:
@@ -24,7 +26,8 @@ class CallLog:
     __slots__ = (
         "request_id", "created_at", "started", "endpoint", "key", "route", "requested_model",
         "served_model", "backend", "stream", "status_code", "error_type", "prompt_tokens",
-        "completion_tokens", "ttft_ms", "finished", "backend_state",
+        "completion_tokens", "ttft_ms", "finished", "lease", "retries", "fallback_used",
+        "queue_ms", "grant",
     )
 
     def __init__(self, *, endpoint: str) -> None:
@@ -44,13 +47,26 @@ class CallLog:
         self.completion_tokens = 0
         self.ttft_ms: float | None = None
         self.finished = False
-        self.backend_state: BackendState | None = None
+        self.lease: Lease | None = None
+        self.retries = 0
+        self.fallback_used = False
+        self.queue_ms: float | None = None
+        self.grant: Grant | None = None
 
-    def backend_take(self, backend: BackendInfo, state: BackendState) -> None:
-        """The call now occupies `backend` until `finish()`: its in-flight count says so."""
-        self.backend, self.served_model = backend.name, backend.model
-        self.backend_state = state
-        state.in_flight += 1
+    def lease_take(self, lease: Lease, *, fallback: bool) -> None:
+        """The call now occupies a slot on `lease.backend` until `finish()` releases it."""
+        self.lease = lease
+        self.backend, self.served_model = lease.backend.name, lease.backend.model
+        self.fallback_used = fallback
+
+    def lease_drop(self) -> None:
+        """The attempt failed and released its slot; the backend's name stays on the record
+        until another attempt replaces it."""
+        self.lease = None
+
+    def queue_wait(self, ms: float) -> None:
+        if ms >= 0.05:  # a free slot taken at once is no wait worth recording
+            self.queue_ms = (self.queue_ms or 0.0) + ms
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0
@@ -60,11 +76,17 @@ class CallLog:
             self.ttft_ms = self.elapsed_ms()
 
     def usage_take(self, usage: Any) -> None:
-        """Accept vLLM's usage object leniently: missing or odd fields count as zero."""
+        """Accept vLLM's usage objects leniently: chat and completions (`prompt_tokens`,
+        `completion_tokens`), responses (`input_tokens`, `output_tokens`), embeddings, score
+        and rerank (`prompt_tokens` and/or `total_tokens` only). Odd fields count as zero."""
         if not isinstance(usage, dict):
             return
-        self.prompt_tokens = _count(usage.get("prompt_tokens"))
-        self.completion_tokens = _count(usage.get("completion_tokens"))
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        if prompt is None and completion is None:
+            prompt = usage.get("total_tokens")
+        self.prompt_tokens = _count(prompt)
+        self.completion_tokens = _count(completion)
 
     def fail(self, status: int, error_type: str) -> None:
         self.status_code = status
@@ -74,9 +96,19 @@ class CallLog:
         if self.finished:
             return
         self.finished = True
-        if self.backend_state is not None:
-            self.backend_state.in_flight -= 1
+        if self.lease is not None:
+            self.lease.release(self._outcome(), latency_ms=self.elapsed_ms(), why=self.error_type)
+        if self.grant is not None:
+            limits_settle(self.grant, tokens=self.prompt_tokens + self.completion_tokens)
         recorder.record(self.to_record(snapshot))
+
+    def _outcome(self) -> str:
+        """What the call says of its backend's health, for the circuit breaker."""
+        if self.error_type in _BACKEND_FAILURES:
+            return FAILED
+        if self.status_code == 499 or self.status_code >= 500:
+            return NEUTRAL  # the app hung up, or Sluice itself failed
+        return OK
 
     def to_record(self, snapshot: Snapshot) -> dict[str, Any]:
         route = self.route
@@ -99,6 +131,9 @@ class CallLog:
             "completion_tokens": self.completion_tokens,
             "latency_ms": round(self.elapsed_ms(), 3),
             "ttft_ms": round(self.ttft_ms, 3) if self.ttft_ms is not None else None,
+            "retries": self.retries,
+            "fallback_used": self.fallback_used,
+            "queue_ms": round(self.queue_ms, 3) if self.queue_ms is not None else None,
             "cost_usd": self._cost(snapshot.prices.get(served)),
             "baseline_cost_usd": self._cost(snapshot.prices.get(baseline_model)),
         }

@@ -8,11 +8,12 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
+from proxy import endpoints
 from proxy.auth import key_authenticate
+from proxy.endpoints import Endpoint
 from proxy.errors import ApiError
-from proxy.pipeline import completion_handle
+from proxy.pipeline import proxy_handle
 from proxy.routing import models_listed
-from proxy.schemas import CHAT, COMPLETIONS
 from proxy.snapshot import snapshot_current
 
 _STARTED = int(time.time())
@@ -26,18 +27,27 @@ def _method_not_allowed(request: HttpRequest, allowed: str) -> HttpResponse:
     return response
 
 
-@csrf_exempt
-async def chat_completions(request: HttpRequest) -> HttpResponseBase:
-    if request.method != "POST":
-        return _method_not_allowed(request, "POST")
-    return await completion_handle(request, endpoint=CHAT)
+def proxied(endpoint: Endpoint):
+    """The view of one proxied endpoint: POST only, through the whole request path."""
+
+    @csrf_exempt
+    async def view(request: HttpRequest) -> HttpResponseBase:
+        if request.method != "POST":
+            return _method_not_allowed(request, "POST")
+        return await proxy_handle(request, endpoint=endpoint)
+
+    view.__name__ = endpoint.name.replace("/", "_")
+    return view
 
 
-@csrf_exempt
-async def completions(request: HttpRequest) -> HttpResponseBase:
-    if request.method != "POST":
-        return _method_not_allowed(request, "POST")
-    return await completion_handle(request, endpoint=COMPLETIONS)
+chat_completions = proxied(endpoints.CHAT)
+completions = proxied(endpoints.COMPLETIONS)
+embeddings = proxied(endpoints.EMBEDDINGS)
+rerank = proxied(endpoints.RERANK)
+score = proxied(endpoints.SCORE)
+tokenize = proxied(endpoints.TOKENIZE)
+detokenize = proxied(endpoints.DETOKENIZE)
+responses = proxied(endpoints.RESPONSES)
 
 
 async def models(request: HttpRequest) -> HttpResponse:
@@ -45,12 +55,13 @@ async def models(request: HttpRequest) -> HttpResponse:
         return _method_not_allowed(request, "GET")
     snapshot = snapshot_current()
     try:
-        key_authenticate(request.headers.get("Authorization"), snapshot)
+        key = key_authenticate(request.headers.get("Authorization"), snapshot)
     except ApiError as exc:
         return exc.response()
     data = [
         {"id": name, "object": "model", "created": _STARTED, "owned_by": "sluice"}
         for name in models_listed(snapshot)
+        if key.routes is None or name in key.routes
     ]
     return HttpResponse(orjson.dumps({"object": "list", "data": data}),
                         content_type="application/json")

@@ -5,9 +5,9 @@ import hmac
 
 from django.conf import settings
 
-from proxy.errors import unauthorized
+from proxy.errors import forbidden, unauthorized
 from proxy.models import key_hash
-from proxy.snapshot import KeyInfo, Snapshot
+from proxy.snapshot import KeyInfo, RouteInfo, Snapshot
 
 MASTER = KeyInfo(id=None, name="master")
 
@@ -29,6 +29,15 @@ def key_authenticate(authorization: str | None, snapshot: Snapshot) -> KeyInfo:
     if key is None:
         raise unauthorized(f"Incorrect API key provided: {_masked(token)}.")
     return key
+
+
+def route_permit(key: KeyInfo, route: RouteInfo) -> None:
+    """A key scoped to some routes may use only those (403 otherwise)."""
+    if key.routes is not None and route.name not in key.routes:
+        raise forbidden(
+            f"This API key may not use `{route.name}`; ask an operator to allow it.",
+            param="model", code="model_not_allowed",
+        )
 
 
 def _masked(token: str) -> str:

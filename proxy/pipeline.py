@@ -1,12 +1,13 @@
 """The request path, top to bottom. Each step is a call into its own module.
 
 1. authenticate the key          (auth: in-memory snapshot, no database)
-2. validate the body             (schemas: OpenAI-shaped 400s)
-3. rate limit                    (later: ratelimit)
-4. resolve the route             (routing)
+2. validate the body             (schemas, validation: OpenAI-shaped 400s)
+3. resolve the route             (routing; auth: the key may use it, else 403)
+4. rate limit                    (ratelimit: RPM and TPM per key and per route)
 5. cost steps                    (later: cache, semantic, classifier, compression)
-6. pick a backend                (pool: healthy, in turn)
-7. send with timeouts            (upstream; retries and fallbacks build on its errors)
+6. pick a backend, send, retry   (failover + pool: breaker, slots and queue, timeouts,
+                                  retries before the first byte, the fallback chain)
+7. relay                         (bytes passed through; a broken stream ends with an error event)
 8. account                       (accounting + sse: usage, cost, one record to the writer)
 
 Nothing here awaits the database: the record goes to a buffered writer.
@@ -24,32 +25,35 @@ from django.http.response import HttpResponseBase
 
 from proxy import sse
 from proxy.accounting import CallLog
-from proxy.auth import key_authenticate
+from proxy.auth import key_authenticate, route_permit
+from proxy.endpoints import Endpoint
 from proxy.errors import ApiError, error_body
-from proxy.pool import backend_mark, backend_pick, backend_state
+from proxy.failover import Opened, upstream_open
+from proxy.ratelimit import limits_take, tokens_estimate
 from proxy.routing import route_resolve
-from proxy.schemas import body_parse, body_read, upstream_body, wants_stream, wants_usage_chunk
-from proxy.snapshot import BackendInfo, Snapshot, snapshot_current
-from proxy.upstream import UpstreamError, upstream_post
+from proxy.schemas import body_parse, body_read, wants_stream, wants_usage_chunk
+from proxy.snapshot import Snapshot, snapshot_current
 
 logger = logging.getLogger("sluice.proxy")
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def completion_handle(request: HttpRequest, *, endpoint: str) -> HttpResponseBase:
-    """Serve POST /v1/chat/completions or /v1/completions."""
-    log = CallLog(endpoint=endpoint)
+async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpResponseBase:
+    """Serve one POST to a proxied endpoint (chat, completions, embeddings, responses, ...)."""
+    log = CallLog(endpoint=endpoint.name)
     snapshot = snapshot_current()
     try:
         log.key = key_authenticate(request.headers.get("Authorization"), snapshot)
         body = body_parse(body_read(request), endpoint=endpoint)
         log.requested_model = body["model"]
-        log.stream = wants_stream(body)
+        log.stream = wants_stream(body, endpoint)
         log.route = route_resolve(body["model"], snapshot)
-        backend = backend_pick(log.route.model, snapshot)
-        log.backend_take(backend, backend_state(backend))
-        upstream = await _upstream_open(backend, endpoint, body)
+        route_permit(log.key, log.route)
+        log.grant = await limits_take(
+            log.key, log.route, tokens=tokens_estimate(body, endpoint=endpoint.name)
+        )
+        opened = await upstream_open(log, snapshot, endpoint, body)
     except ApiError as exc:
         log.fail(exc.status, exc.code or exc.type)
         log.finish(snapshot)
@@ -66,9 +70,11 @@ async def completion_handle(request: HttpRequest, *, endpoint: str) -> HttpRespo
                          code="internal_error")
         return _tagged(error.response(), log)
 
+    upstream = opened.response
     if upstream.status == 200 and log.stream:
         relay = _stream_relay(
-            upstream, log, snapshot, strip_usage_chunk=not wants_usage_chunk(body)
+            opened, log, snapshot,
+            strip_usage_chunk=endpoint.usage_chunk and not wants_usage_chunk(body),
         )
         weakref.finalize(relay, _stream_dropped, upstream, log, snapshot)
         response = StreamingHttpResponse(relay, content_type="text/event-stream")
@@ -87,17 +93,6 @@ async def completion_handle(request: HttpRequest, *, endpoint: str) -> HttpRespo
     finally:
         log.finish(snapshot)
     return _tagged(response, log)
-
-
-async def _upstream_open(backend: BackendInfo, endpoint: str, body: dict) -> aiohttp.ClientResponse:
-    try:
-        return await upstream_post(
-            backend, f"/v1/{endpoint}", upstream_body(body, served_model=backend.model)
-        )
-    except UpstreamError as exc:
-        if exc.code == "upstream_unreachable":
-            backend_mark(backend, healthy=False)
-        raise
 
 
 async def _body_relay(upstream: aiohttp.ClientResponse, log: CallLog) -> HttpResponse:
@@ -129,26 +124,30 @@ async def _upstream_error_relay(upstream: aiohttp.ClientResponse, log: CallLog) 
 
 
 async def _stream_relay(
-    upstream: aiohttp.ClientResponse,
+    opened: Opened,
     log: CallLog,
     snapshot: Snapshot,
     *,
     strip_usage_chunk: bool,
 ) -> AsyncIterator[bytes]:
-    """Forward whole SSE events as they arrive, read usage on the way, and close the books
-    however the stream ends: done, broken upstream, or the client hanging up."""
-    pending = b""
+    """Forward whole SSE events as they arrive (starting with those read ahead while the
+    attempt could still be retried), read usage on the way, and close the books however the
+    stream ends: done, broken upstream, or the client hanging up."""
+    upstream = opened.response
+    pending = opened.first
     try:
-        async for chunk in upstream.content.iter_any():
-            pending += chunk
+        while True:
             cut = pending.rfind(sse.EVENT_END)
-            if cut < 0:
-                continue
-            block, pending = pending[: cut + 2], pending[cut + 2 :]
-            out = sse.events_scan(block, log, strip_usage_chunk=strip_usage_chunk)
-            if out:
-                log.first_token()
-                yield out
+            if cut >= 0:
+                block, pending = pending[: cut + 2], pending[cut + 2 :]
+                out = sse.events_scan(block, log, strip_usage_chunk=strip_usage_chunk)
+                if out:
+                    log.first_token()
+                    yield out
+            chunk = await upstream.content.readany()
+            if not chunk:
+                break
+            pending += chunk
         if pending.strip():
             yield pending
         upstream.release()
@@ -178,4 +177,11 @@ def _tagged(response: HttpResponseBase, log: CallLog) -> HttpResponseBase:
         response["x-sluice-route"] = log.route.name
     if log.backend:
         response["x-sluice-backend"] = log.backend
+    if log.retries:
+        response["x-sluice-retries"] = str(log.retries)
+    if log.fallback_used:
+        response["x-sluice-fallback"] = log.served_model
+    if log.grant is not None:
+        for name, value in log.grant.headers.items():
+            response[name] = value
     return response

@@ -43,6 +43,9 @@ def _event_read(event: bytes, log: CallLog, strip_usage_chunk: bool) -> bool:
     if usage:
         log.usage_take(usage)
         return strip_usage_chunk and payload.get("choices") == []
+    response = payload.get("response")  # the Responses API: usage in `response.completed`
+    if isinstance(response, dict) and response.get("usage"):
+        log.usage_take(response["usage"])
     return False
 
 
@@ -58,6 +61,15 @@ def _payload(event: bytes) -> object:
         return None
 
 
+def starts_with_error(block: bytes) -> bool:
+    """True when a stream's first event is an error (vLLM can fail a request that way after
+    its 200, before any token): nothing useful was sent yet, so it may be retried."""
+    if _ERROR not in block:
+        return False
+    payload = _payload(block.split(EVENT_END, 1)[0])
+    return isinstance(payload, dict) and "error" in payload and "choices" not in payload
+
+
 def body_usage_read(body: bytes, log: CallLog) -> None:
     """A non-streamed answer carries its usage in the top-level `usage` field."""
     try:
@@ -65,7 +77,10 @@ def body_usage_read(body: bytes, log: CallLog) -> None:
     except orjson.JSONDecodeError:
         return
     if isinstance(payload, dict):
-        log.usage_take(payload.get("usage"))
+        if "usage" in payload:
+            log.usage_take(payload["usage"])
+        elif isinstance(payload.get("count"), int):  # /tokenize counts the prompt's tokens
+            log.usage_take({"prompt_tokens": payload["count"]})
 
 
 def error_event(message: str) -> bytes:

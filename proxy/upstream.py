@@ -24,10 +24,11 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class UpstreamError(ApiError):
-    """The pool failed us. `retryable` is true when nothing reached the backend's model."""
+    """The pool failed us. `retryable`: another attempt (on another backend) could succeed."""
 
-    def __init__(self, status: int, message: str, *, code: str, retryable: bool) -> None:
-        super().__init__(status, message, type="upstream_error", code=code)
+    def __init__(self, status: int, message: str, *, code: str, retryable: bool,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, message, type="upstream_error", code=code, headers=headers)
         self.retryable = retryable
 
 
@@ -62,28 +63,36 @@ async def session_close() -> None:
         await session.close()
 
 
-async def upstream_post(backend: BackendInfo, path: str, body: bytes) -> aiohttp.ClientResponse:
+async def upstream_post(backend: BackendInfo, path: str, body: bytes, *,
+                        timeout: aiohttp.ClientTimeout | None = None) -> aiohttp.ClientResponse:
     """POST to a backend and return once its status line and headers are in.
 
     The caller owns the response and must release or close it."""
     url = f"{backend.base_url}{path}"
     try:
-        return await session_get().post(url, data=body, headers=JSON_HEADERS)
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(
+        return await session_get().post(url, data=body, headers=JSON_HEADERS, timeout=timeout)
+    except Exception as exc:
+        raise upstream_error(backend, exc) from None
+
+
+def upstream_error(backend: BackendInfo, exc: BaseException) -> UpstreamError:
+    """Map a client exception to an OpenAI-shaped error that says whether to retry. Every one
+    here happened before the app got a byte of this attempt, so all are worth retrying."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(
             502, f"Backend {backend.name} is unreachable: {exc.os_error or exc}.",
             code="upstream_unreachable", retryable=True,
-        ) from None
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamError(
+        )
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamError(
             504, f"Backend {backend.name} did not answer in time.",
             code="upstream_timeout", retryable=True,
-        ) from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(
-            502, f"Backend {backend.name} failed: {exc}.",
-            code="upstream_error", retryable=True,
-        ) from None
+        )
+    if isinstance(exc, aiohttp.ClientError):
+        return UpstreamError(
+            502, f"Backend {backend.name} failed: {exc!r}.", code="upstream_error", retryable=True,
+        )
+    raise exc
 
 
 async def upstream_health(backend: BackendInfo, *, timeout_s: float = 2.0) -> bool:

@@ -342,10 +342,30 @@ class Simulator:
                             content_type="application/json")
 
 
+def _request_counter(counts: dict[str, int]):
+    """Counts every request by path before any handler or validation runs, so a test can
+    prove that a request never reached this backend (``GET /sim/stats``)."""
+
+    @web.middleware
+    async def count(request: web.Request, handler):
+        counts[request.path] = counts.get(request.path, 0) + 1
+        return await handler(request)
+
+    return count
+
+
 def create_app(config: Config) -> web.Application:
     """The aiohttp application; ``app["simulator"]`` exposes the state (engine, config)."""
     sim = Simulator(config)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    counts: dict[str, int] = {}
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_request_counter(counts)])
+    app["request_counts"] = counts
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps({"requests": counts}),
+                            content_type="application/json")
+
+    app.router.add_get("/sim/stats", stats)
     app["simulator"] = sim
     app.router.add_post("/v1/chat/completions", sim.chat_completions)
     app.router.add_post("/v1/completions", sim.completions)

@@ -117,8 +117,8 @@ def test_a_stream_dropped_before_its_first_byte_is_still_recorded(pool, slow_sim
 
     from django.test import RequestFactory
 
-    from proxy.pipeline import completion_handle
-    from proxy.schemas import CHAT
+    from proxy.endpoints import CHAT
+    from proxy.pipeline import proxy_handle
     from proxy.upstream import session_close
 
     request = RequestFactory().post(
@@ -126,7 +126,7 @@ def test_a_stream_dropped_before_its_first_byte_is_still_recorded(pool, slow_sim
         data=json.dumps({"model": "slow", "messages": MESSAGES, "stream": True, "max_tokens": 500}))
 
     async def scenario():
-        response = await completion_handle(request, endpoint=CHAT)
+        response = await proxy_handle(request, endpoint=CHAT)
         assert response.streaming and running(slow_sim) == 1
         del response
         gc.collect()
