@@ -152,10 +152,10 @@ async def limits_take(key: KeyInfo, route: RouteInfo, *, tokens: int) -> Grant |
     levels = await store.take(limits)
     if levels is None:
         return None  # the store is down: fail open
-    taken = all(level >= limit.cost for level, limit in zip(levels, limits))
+    taken = all(level >= limit.cost for level, limit in zip(levels, limits, strict=True))
     if not taken:
         raise _refusal(limits, levels)
-    after = [level - limit.cost for level, limit in zip(levels, limits)]
+    after = [level - limit.cost for level, limit in zip(levels, limits, strict=True)]
     return Grant(
         headers=_headers(limits, after),
         tokens=tokens,
@@ -174,11 +174,10 @@ def limits_settle(grant: Grant | None, *, tokens: int) -> None:
     if grant is None or grant.settled:
         return
     grant.settled = True
-    delta = max(0, int(tokens or 0)) - grant.tokens
-    if not delta or not grant.token_limits or grant.store is None:
-        return
     try:
-        grant.store.adjust(grant.token_limits, delta, loop=grant.loop)
+        delta = max(0, int(tokens or 0)) - grant.tokens
+        if delta and grant.token_limits and grant.store is not None:
+            grant.store.adjust(grant.token_limits, delta, loop=grant.loop)
     except Exception:  # a bug here must not fail a call already served
         logger.exception("settling a rate-limit grant failed")
 
@@ -201,7 +200,7 @@ def _refusal(limits: Sequence[Limit], levels: Sequence[float]) -> ApiError:
     """The 429 for a refused request: OpenAI's message and headers, naming the bucket that
     needs the longest wait, which is also how long the client should wait for all of them."""
     waits = [(limit.cost - level) / limit.rate if level < limit.cost else 0.0
-             for limit, level in zip(limits, levels)]
+             for limit, level in zip(limits, levels, strict=True)]
     worst = max(range(len(limits)), key=waits.__getitem__)
     limit, level, wait = limits[worst], levels[worst], waits[worst]
     wait_ms = math.ceil(wait * 1000)
@@ -222,7 +221,7 @@ def _headers(limits: Sequence[Limit], levels: Sequence[float]) -> dict[str, str]
     """x-ratelimit-* for each kind that is limited, from its tightest bucket: the one with the
     least left (on a tie, the one that takes longer to refill)."""
     tightest: dict[str, tuple[Limit, float]] = {}
-    for limit, level in zip(limits, levels):
+    for limit, level in zip(limits, levels, strict=True):
         best = tightest.get(limit.kind)
         if best is None or _tighter(limit, level, *best):
             tightest[limit.kind] = (limit, level)
@@ -302,8 +301,8 @@ class LocalBuckets:
         with self._lock:
             now = self.clock()
             levels = [self._level(limit, now) for limit in limits]
-            if all(level >= limit.cost for level, limit in zip(levels, limits)):
-                for limit, level in zip(limits, levels):
+            if all(level >= limit.cost for level, limit in zip(levels, limits, strict=True)):
+                for limit, level in zip(limits, levels, strict=True):
                     self._state[limit.name] = (level - limit.cost, now)
             return levels
 
