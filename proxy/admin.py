@@ -11,15 +11,31 @@ class BackendAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "model"]
     list_editable = ["enabled"]
     search_fields = ["name", "model", "base_url"]
+    fieldsets = [
+        (None, {"fields": ["name", "base_url", "model", "enabled", "weight", "max_concurrency"]}),
+        ("Circuit breaker (blank: the SLUICE_BREAKER_* settings)", {
+            "fields": ["breaker_failures", "breaker_error_rate", "breaker_cooldown_s"],
+        }),
+    ]
     # vLLM servers usually sit on a private network without TLS.
     formfield_overrides = {models.URLField: {"assume_scheme": "http"}}
 
 
 @admin.register(Route)
 class RouteAdmin(admin.ModelAdmin):
-    list_display = ["name", "model", "baseline_model", "enabled"]
+    list_display = ["name", "model", "fallbacks", "baseline_model", "rpm_limit", "tpm_limit",
+                    "enabled"]
     list_editable = ["enabled"]
     search_fields = ["name", "model"]
+    fieldsets = [
+        (None, {"fields": ["name", "model", "baseline_model", "enabled"]}),
+        ("Failover", {"fields": ["fallbacks", "max_attempts"]}),
+        ("Timeouts in seconds (blank: the SLUICE_UPSTREAM_*_TIMEOUT_S settings)", {
+            "fields": ["connect_timeout_s", "ttfb_timeout_s", "idle_timeout_s",
+                       "total_timeout_s"],
+        }),
+        ("Rate limits, all keys together (blank: none)", {"fields": ["rpm_limit", "tpm_limit"]}),
+    ]
 
 
 @admin.register(Price)
@@ -30,10 +46,12 @@ class PriceAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "is_active", "created_at"]
+    list_display = ["name", "prefix", "is_active", "rpm_limit", "tpm_limit", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "prefix"]
     readonly_fields = ["prefix", "created_at"]
+    filter_horizontal = ["routes"]
+    fields = ["name", "prefix", "is_active", "routes", "rpm_limit", "tpm_limit", "created_at"]
 
     def save_model(self, request, obj, form, change):
         if not change:

@@ -52,3 +52,35 @@ def test_a_backend_disabled_in_the_admin_gets_no_more_calls(admin_client, sdk, f
 @pytest.mark.parametrize("page", ["backend", "route", "apikey", "price"])
 def test_the_admin_lists_each_configuration_table(admin_client, page):
     assert admin_client.get(f"/admin/proxy/{page}/").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["backend", "route", "apikey"])
+def test_the_admin_add_forms_render_with_the_resilience_fields(admin_client, page):
+    html = admin_client.get(f"/admin/proxy/{page}/add/").content.decode()
+
+    expected = {"backend": "breaker_cooldown_s", "route": "ttfb_timeout_s", "apikey": "rpm_limit"}
+    assert f'name="{expected[page]}"' in html
+
+
+def test_a_fallback_chain_edited_in_the_admin_takes_effect_at_once(admin_client, sdk):
+    from proxy.models import Backend
+    from simulator.process import free_port
+
+    Backend.objects.create(name="big-1", base_url=f"http://127.0.0.1:{free_port()}",
+                           model="big-model")
+    admin_client.post("/admin/proxy/route/add/", {
+        "name": "big", "model": "big-model", "baseline_model": "", "enabled": "on",
+        "fallbacks": "default", "max_attempts": "1"})
+
+    answer = sdk.chat.completions.with_raw_response.create(model="big", messages=MESSAGES,
+                                                           max_tokens=1)
+
+    assert answer.headers["x-sluice-fallback"] == "sim-model"
+
+
+def test_a_route_cannot_fall_back_to_itself(admin_client):
+    response = admin_client.post("/admin/proxy/route/add/", {
+        "name": "loop", "model": "sim-model", "baseline_model": "", "enabled": "on",
+        "fallbacks": "loop"})
+
+    assert "cannot fall back to itself" in response.content.decode()
