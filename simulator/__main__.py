@@ -1,5 +1,9 @@
 """``python -m simulator``: serve one simulated vLLM model until SIGTERM/SIGINT.
 
+It answers chat, completions, responses, embeddings, rerank, score, tokenize and detokenize
+like ``vllm serve``. The fault flags set the starting values of what ``POST /sim/faults``
+changes at run time (``GET /sim/faults`` shows them).
+
 Once listening it prints ``SIMULATOR_LISTENING port=<n>`` on stdout (flushed), so a parent that
 passed ``--port 0`` learns the port without a race (see :mod:`simulator.process`).
 """
@@ -28,9 +32,32 @@ def _positive(value: str) -> float:
     return number
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be > 0")
+    return number
+
+
+def _status(value: str) -> int:
+    status = int(value)
+    if not 400 <= status <= 599:
+        raise argparse.ArgumentTypeError(f"{value} is not an HTTP error status (400-599)")
+    return status
+
+
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return number
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
     d = Config()
-    p = argparse.ArgumentParser(prog="python -m simulator", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m simulator",
+                                description="\n\n".join(__doc__.split("\n\n")[:2]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--model", default=d.model, help="the one served model name")
@@ -45,10 +72,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Confi
     p.add_argument("--max-model-len", type=int, default=d.max_model_len)
     p.add_argument("--kv-cache-tokens", type=int, default=d.kv_cache_tokens,
                    help="KV-cache capacity in tokens (0: max-num-seqs * 1024)")
+    p.add_argument("--embedding-dim", type=_positive_int, default=d.embedding_dim,
+                   help="length of /v1/embeddings vectors (requests may ask for fewer)")
     p.add_argument("--error-rate", type=_rate, default=d.error_rate,
-                   help="fraction of requests answered with HTTP 500 before any byte")
+                   help="fraction of generation and pooling requests answered with "
+                        "--error-status before any byte")
+    p.add_argument("--error-status", type=_status, default=d.error_status,
+                   help="HTTP status of those injected errors (e.g. 429, 503)")
     p.add_argument("--mid-stream-error-rate", type=_rate, default=d.mid_stream_error_rate,
                    help="fraction of streams cut halfway with vLLM's in-stream error event")
+    p.add_argument("--ttfb-delay-ms", type=_non_negative, default=d.ttfb_delay_ms,
+                   help="extra wait before the first byte of every generation and pooling "
+                        "request (to trip a gateway's time-to-first-byte timeout)")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="seeds generated text and fault injection")
     args = p.parse_args(argv)
@@ -56,7 +91,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Confi
                     prefill_tokens_per_s=args.prefill_tokens_per_s,
                     max_num_seqs=max(1, args.max_num_seqs), max_model_len=args.max_model_len,
                     kv_cache_tokens=args.kv_cache_tokens, error_rate=args.error_rate,
-                    mid_stream_error_rate=args.mid_stream_error_rate, seed=args.seed)
+                    error_status=args.error_status,
+                    mid_stream_error_rate=args.mid_stream_error_rate,
+                    ttfb_delay_ms=args.ttfb_delay_ms, embedding_dim=args.embedding_dim,
+                    seed=args.seed)
     return args, config
 
 

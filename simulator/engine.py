@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Callable
 
 from simulator.metrics import Stats
 
@@ -165,6 +165,12 @@ class Sequence:
             count += 1
         self._emit(count)
         return count
+
+    async def prefill(self) -> None:
+        """Pooling requests (embeddings, scores): wait out the prefill and generate nothing."""
+        eng = self.engine
+        await _sleep_until(self.admitted_at + eng.timing.first_token_delay(self.prompt_tokens),
+                           eng.clock)
 
     async def run_to_end(self, total: int) -> None:
         """Non-streaming: take the same time as streaming ``total`` tokens, in two sleeps."""

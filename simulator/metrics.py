@@ -8,7 +8,8 @@ follow vLLM's v1 ``PrometheusStatLogger``, so a scraper written for vLLM works u
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -46,7 +47,7 @@ class Histogram:
 
     def cumulative(self) -> list[tuple[str, int]]:
         out, acc = [], 0
-        for bound, count in zip(self.buckets, self.counts):
+        for bound, count in zip(self.buckets, self.counts[:-1], strict=True):
             acc += count
             out.append((repr(float(bound)), acc))
         out.append(("+Inf", acc + self.counts[-1]))

@@ -1,14 +1,30 @@
 """HTTP routes of the simulated vLLM server (aiohttp).
 
-Handlers validate like vLLM's OpenAI server (4xx in its error shape, unknown fields ignored),
-generate the whole deterministic answer up front, then pace its delivery with the engine's
-timing model. Client disconnects cancel the handler (``handler_cancellation=True``), and the
-``async with engine.sequence(...)`` block gives the batch slot back on the way out.
+Handlers validate like vLLM's OpenAI server (4xx in its error shape, unknown fields ignored, a
+foreign ``model`` is a 404), generate the whole deterministic answer up front, then pace its
+delivery with the engine's timing model. Client disconnects cancel the handler
+(``handler_cancellation=True``), and the ``async with engine.sequence(...)`` block gives the
+batch slot back on the way out.
+
+Routes, as ``vllm serve`` has them:
+
+- generation: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/responses`` (OpenAI
+  Responses API, streamed as ``event:``/``data:`` SSE);
+- pooling: ``POST /v1/embeddings``, ``/v1/rerank`` (also ``/rerank``, ``/v2/rerank``),
+  ``/v1/score`` (also ``/score``): they queue and prefill in the same engine, generate nothing;
+- ``POST /tokenize``, ``/detokenize``, ``GET /v1/models``, ``/health``, ``/metrics``,
+  ``/version``;
+- simulator only: ``GET /sim/stats`` (requests per path), ``GET``/``POST /sim/faults``
+  (injected errors and delays, see :mod:`simulator.faults`).
+
+Faults hit every generation and pooling route after validation: ``ttfb_delay_ms`` first, then
+``error_rate`` (an ``error_status`` answer before any byte); ``mid_stream_error_rate`` cuts
+streams (chat, completions, responses) halfway.
 """
 
 from __future__ import annotations
 
-import random
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +32,30 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulator import text, wire
+from simulator import pooling, responses, text, wire
 from simulator.engine import Engine, TimingModel
+from simulator.faults import FaultError, Faults, error_type
 from simulator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from simulator.metrics import MetricsRenderer
+from simulator.parsing import (
+    ApiError,
+    GenRequest,
+    bad,
+    check_pool_lengths,
+    common,
+    completion_prompts,
+    embed_request,
+    messages_prompt,
+    rerank_request,
+    responses_request,
+    score_pairs,
+    token_list,
+)
+
+__all__ = ["ApiError", "Config", "Simulator", "create_app"]
+
+_MID_STREAM_MESSAGE = "Simulated engine failure (--mid-stream-error-rate)."
+
 
 @dataclass(frozen=True)
 class Config:
@@ -33,136 +69,19 @@ class Config:
     max_model_len: int = 8192
     kv_cache_tokens: int = 0  # 0: max_num_seqs * 1024
     error_rate: float = 0.0
+    error_status: int = 500
     mid_stream_error_rate: float = 0.0
+    ttfb_delay_ms: float = 0.0
+    embedding_dim: int = 384
     seed: int = 0
 
 
-class ApiError(Exception):
-    """A 4xx/5xx in vLLM's error shape, raised anywhere during validation."""
+def _json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
-    def __init__(self, status: int, message: str, err_type: str = "BadRequestError",
-                 param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.err_type, self.param = status, message, err_type, param
-
-    def response(self) -> web.Response:
-        return web.Response(status=self.status, content_type="application/json",
-                            body=wire.error_body(self.message, self.err_type, self.status,
-                                                 self.param))
-
-
-@dataclass
-class Prompt:
-    """One prompt as the model sees it: text for seeding, token count for usage."""
-
-    text: str
-    tokens: int
-
-
-@dataclass
-class GenRequest:
-    """The validated fields of a chat or text completion request that the simulator uses."""
-
-    prompts: list[Prompt]
-    n: int
-    max_tokens: int | None
-    stop: list[str]
-    stream: bool
-    include_usage: bool
-    continuous_usage: bool
-    seed: int | None
-    min_tokens: int
-    ignore_eos: bool
-
-
-# ---- validation helpers ---------------------------------------------------------------------
-
-def _bad(message: str, param: str | None = None) -> ApiError:
-    return ApiError(400, message, "BadRequestError", param)
-
-
-def _opt_int(body: dict[str, Any], key: str, minimum: int) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(f"{key} must be an integer, got {value!r}", key)
-    if value < minimum:
-        raise _bad(f"{key} must be at least {minimum}, got {value}.", key)
-    return value
-
-
-def _stop_list(body: dict[str, Any]) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        return [stop]
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return stop
-    raise _bad("stop must be a string or a list of strings", "stop")
-
-
-def _common(body: dict[str, Any], prompts: list[Prompt], max_tokens_keys: tuple[str, ...]
-            ) -> GenRequest:
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise _bad("stream must be a boolean", "stream")
-    opts = body.get("stream_options")
-    if opts is not None:
-        if not isinstance(opts, dict):
-            raise _bad("stream_options must be an object", "stream_options")
-        if not stream:
-            raise _bad("Stream options can only be defined when `stream=True`.", "stream_options")
-    include_usage = bool(opts and opts.get("include_usage"))
-    max_tokens = None
-    for key in max_tokens_keys:
-        max_tokens = _opt_int(body, key, 1)
-        if max_tokens is not None:
-            break
-    n = _opt_int(body, "n", 1) or 1
-    return GenRequest(prompts=prompts, n=n, max_tokens=max_tokens, stop=_stop_list(body),
-                      stream=stream, include_usage=include_usage,
-                      continuous_usage=include_usage and bool(opts.get("continuous_usage_stats")),
-                      seed=_opt_int(body, "seed", -(2 ** 63)),
-                      min_tokens=_opt_int(body, "min_tokens", 0) or 0,
-                      ignore_eos=body.get("ignore_eos") is True)
-
-
-def _messages_prompt(body: dict[str, Any]) -> Prompt:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages must be a non-empty list of messages", "messages")
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise _bad("each message must be an object with a string 'role'", "messages")
-        content = m.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise _bad("message content must be a string or a list of parts", "messages")
-    rendered = text.render_chat(messages, bool(body.get("add_generation_prompt", True)))
-    return Prompt(rendered, text.count_tokens(rendered))
-
-
-def _completion_prompts(body: dict[str, Any]) -> list[Prompt]:
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return [Prompt(prompt, text.count_tokens(prompt))]
-    if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str) for p in prompt):
-            return [Prompt(p, text.count_tokens(p)) for p in prompt]
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            return [Prompt(repr(prompt), len(prompt))]
-        if all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompt):
-            return [Prompt(repr(p), len(p)) for p in prompt]
-    raise _bad("prompt must be a string, a list of strings, or a list of token ids", "prompt")
-
-
-# ---- the app ---------------------------------------------------------------------------------
 
 class Simulator:
-    """Route handlers plus the state they share (engine, fault RNGs, metrics)."""
+    """Route handlers plus the state they share (engine, faults, metrics)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -173,9 +92,9 @@ class Simulator:
                                prefill_s_per_token=1.0 / config.prefill_tokens_per_s),
             max_num_seqs=config.max_num_seqs, kv_capacity_tokens=kv)
         self.metrics = MetricsRenderer(self.engine, config.model)
-        # Separate streams so the error sequence doesn't shift when mid-stream faults change.
-        self._error_rng = random.Random(config.seed)
-        self._break_rng = random.Random(config.seed + 1)
+        self.faults = Faults(error_rate=config.error_rate, error_status=config.error_status,
+                             mid_stream_error_rate=config.mid_stream_error_rate,
+                             ttfb_delay_ms=config.ttfb_delay_ms, seed=config.seed)
         self.created = int(time.time())
 
     # -- shared steps
@@ -184,9 +103,9 @@ class Simulator:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
-            raise _bad(f"Invalid JSON body: {exc}") from None
+            raise bad(f"Invalid JSON body: {exc}") from None
         if not isinstance(body, dict):
-            raise _bad("The request body must be a JSON object")
+            raise bad("The request body must be a JSON object")
         model = body.get("model")
         if model is not None and model != self.config.model:
             raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
@@ -198,22 +117,26 @@ class Simulator:
         longest = max(p.tokens for p in req.prompts)
         if req.max_tokens is None:
             if longest >= limit:
-                raise _bad(f"This model's maximum context length is {limit} tokens. However, "
-                           f"your request has {longest} input tokens. Please reduce the length "
-                           "of the input messages.")
+                raise bad(f"This model's maximum context length is {limit} tokens. However, "
+                          f"your request has {longest} input tokens. Please reduce the length "
+                          "of the input messages.")
             return limit - longest
         if longest + req.max_tokens > limit:
-            raise _bad(f"This model's maximum context length is {limit} tokens. However, you "
-                       f"requested {longest + req.max_tokens} tokens ({longest} in the messages, "
-                       f"{req.max_tokens} in the completion). Please reduce the length of the "
-                       "messages or completion.")
+            raise bad(f"This model's maximum context length is {limit} tokens. However, you "
+                      f"requested {longest + req.max_tokens} tokens ({longest} in the messages, "
+                      f"{req.max_tokens} in the completion). Please reduce the length of the "
+                      "messages or completion.")
         return req.max_tokens
 
-    def _injected_failure(self) -> web.Response | None:
-        rate = self.config.error_rate
-        if rate > 0 and self._error_rng.random() < rate:
-            return ApiError(500, "Simulated engine failure (--error-rate).",
-                            "InternalServerError").response()
+    async def _fault_gate(self) -> web.Response | None:
+        """The faults that strike before the first byte: the delay, then maybe an error."""
+        faults = self.faults
+        if faults.ttfb_delay_ms > 0:
+            await asyncio.sleep(faults.ttfb_delay_ms / 1000.0)
+        if faults.fail_now():
+            status = faults.error_status
+            return ApiError(status, f"Simulated engine failure (error_rate={faults.error_rate}).",
+                            error_type(status)).response()
         return None
 
     def _generate(self, req: GenRequest, max_tokens: int) -> list[text.Completion]:
@@ -222,12 +145,18 @@ class Simulator:
                               min_tokens=req.min_tokens, ignore_eos=req.ignore_eos)
                 for p in req.prompts for i in range(req.n)]
 
-    # -- generation endpoints
+    async def _prefill(self, prompt_tokens: int) -> None:
+        """A pooling request's engine time: queue for a slot, prefill, produce no tokens."""
+        async with self.engine.sequence(prompt_tokens, 1) as seq:
+            await seq.prefill()
+            seq.finish_reason = "stop"
+
+    # -- chat and text completions
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await self._body(request)
-            req = _common(body, [_messages_prompt(body)], ("max_completion_tokens", "max_tokens"))
+            req = common(body, [messages_prompt(body)], ("max_completion_tokens", "max_tokens"))
             max_tokens = self._limit_tokens(req)
         except ApiError as err:
             return err.response()
@@ -236,7 +165,7 @@ class Simulator:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await self._body(request)
-            req = _common(body, _completion_prompts(body), ("max_tokens",))
+            req = common(body, completion_prompts(body), ("max_tokens",))
             if req.max_tokens is None:
                 req.max_tokens = 16  # OpenAI/vLLM default for text completions
             max_tokens = self._limit_tokens(req)
@@ -246,7 +175,7 @@ class Simulator:
 
     async def _serve(self, request: web.Request, req: GenRequest, max_tokens: int, *,
                      chat: bool) -> web.StreamResponse:
-        failure = self._injected_failure()
+        failure = await self._fault_gate()
         if failure is not None:
             return failure
         outputs = self._generate(req, max_tokens)
@@ -258,10 +187,13 @@ class Simulator:
             await seq.run_to_end(max(len(o.pieces) for o in outputs))
             seq.finish_reason = outputs[0].finish_reason
         build = wire.chat_response if chat else wire.completion_response
-        body = build(model=self.config.model,
-                     choices=[(o.text, o.finish_reason, o.stop_reason) for o in outputs],
-                     prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        return web.Response(body=body, content_type="application/json")
+        return _json(build(model=self.config.model,
+                           choices=[(o.text, o.finish_reason, o.stop_reason) for o in outputs],
+                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+
+    def _break_point(self, total: int) -> int:
+        """Where a stream is cut (0: it is not), drawn once per stream."""
+        return max(1, total // 2) if self.faults.break_now() else 0
 
     async def _stream(self, request: web.Request, req: GenRequest,
                       outputs: list[text.Completion], prompt_tokens: int, *,
@@ -269,10 +201,7 @@ class Simulator:
         w = wire.StreamWire(chat=chat, model=self.config.model, prompt_tokens=prompt_tokens,
                             continuous_usage=req.continuous_usage)
         total = max(len(o.pieces) for o in outputs)
-        break_at = 0
-        rate = self.config.mid_stream_error_rate
-        if rate > 0 and self._break_rng.random() < rate:
-            break_at = max(1, total // 2)
+        break_at = self._break_point(total)
         resp = web.StreamResponse(headers={"Content-Type": wire.SSE_CONTENT_TYPE})
         await resp.prepare(request)  # vLLM sends headers before the first token
         try:
@@ -280,7 +209,8 @@ class Simulator:
                 emitted = 0
                 while emitted < total:
                     step = await seq.advance((break_at or total) - emitted)
-                    chunks = [w.role(i) for i in range(len(outputs))] if chat and not emitted else []
+                    opening = chat and not emitted
+                    chunks = [w.role(i) for i in range(len(outputs))] if opening else []
                     for t in range(emitted, emitted + step):
                         for i, out in enumerate(outputs):
                             pieces = out.pieces
@@ -292,9 +222,7 @@ class Simulator:
                                                       out.stop_reason, t + 1))
                     emitted += step
                     if break_at and emitted >= break_at:
-                        chunks.append(wire.error_event("Simulated engine failure "
-                                                       "(--mid-stream-error-rate)."))
-                        chunks.append(wire.DONE)
+                        chunks += [wire.error_event(_MID_STREAM_MESSAGE), wire.DONE]
                         await resp.write(b"".join(chunks))
                         return resp  # sequence leaves as an abort
                     await resp.write(b"".join(chunks))
@@ -307,12 +235,129 @@ class Simulator:
             pass  # client went away; the sequence was released as an abort
         return resp
 
+    # -- the Responses API
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await self._body(request)
+            req = responses_request(body)
+            max_tokens = self._limit_tokens(req)
+        except ApiError as err:
+            return err.response()
+        failure = await self._fault_gate()
+        if failure is not None:
+            return failure
+        out = self._generate(req, max_tokens)[0]
+        builder = responses.ResponseBuilder(model=self.config.model, body=body,
+                                            max_output_tokens=max_tokens)
+        prompt_tokens = req.prompts[0].tokens
+        if req.stream:
+            return await self._stream_response(request, builder, out, prompt_tokens)
+        async with self.engine.sequence(prompt_tokens, 1) as seq:
+            await seq.run_to_end(len(out.pieces))
+            seq.finish_reason = out.finish_reason
+        return _json(orjson.dumps(builder.final(out.text, out.finish_reason, prompt_tokens,
+                                                len(out.pieces))))
+
+    async def _stream_response(self, request: web.Request, builder: responses.ResponseBuilder,
+                               out: text.Completion, prompt_tokens: int) -> web.StreamResponse:
+        """created + in_progress at once; the item opens with the first token; one delta event
+        per non-empty token; the closing events and ``response.completed`` (with usage) last."""
+        w = responses.ResponseStream(builder)
+        pieces, total = out.pieces, len(out.pieces)
+        break_at = self._break_point(total)
+        resp = web.StreamResponse(headers={"Content-Type": wire.SSE_CONTENT_TYPE})
+        await resp.prepare(request)
+        try:
+            await resp.write(w.opening())
+            async with self.engine.sequence(prompt_tokens, 1) as seq:
+                emitted = 0
+                while emitted < total:
+                    step = await seq.advance((break_at or total) - emitted)
+                    chunks = [] if emitted else [w.item_added()]
+                    chunks += [w.delta(p) for p in pieces[emitted:emitted + step] if p]
+                    emitted += step
+                    if break_at and emitted >= break_at:
+                        await resp.write(b"".join(chunks) + w.error(_MID_STREAM_MESSAGE))
+                        return resp  # sequence leaves as an abort
+                    await resp.write(b"".join(chunks))
+                seq.finish_reason = out.finish_reason
+            await resp.write(w.closing(out.text, out.finish_reason, prompt_tokens, total))
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass
+        return resp
+
+    # -- pooling: embeddings, rerank, score
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        dim = self.config.embedding_dim
+        try:
+            req = embed_request(await self._body(request), dim)
+            check_pool_lengths([p.tokens for p in req.prompts], self.config.max_model_len)
+        except ApiError as err:
+            return err.response()
+        failure = await self._fault_gate()
+        if failure is not None:
+            return failure
+        prompt_tokens = sum(p.tokens for p in req.prompts)
+        await self._prefill(prompt_tokens)
+        vectors = [pooling.embed(p.text, dim, req.dimensions) for p in req.prompts]
+        data: list[list[float] | str] = (
+            [pooling.to_base64(v) for v in vectors] if req.base64 else list(vectors))
+        return _json(wire.embedding_response(model=self.config.model, embeddings=data,
+                                             prompt_tokens=prompt_tokens))
+
+    async def rerank(self, request: web.Request) -> web.Response:
+        try:
+            req = rerank_request(await self._body(request))
+            counts = [text.count_tokens(req.query) + text.count_tokens(d) for d in req.documents]
+            check_pool_lengths(counts, self.config.max_model_len)
+        except ApiError as err:
+            return err.response()
+        failure = await self._fault_gate()
+        if failure is not None:
+            return failure
+        await self._prefill(sum(counts))
+        scores = [pooling.overlap(req.query, d) for d in req.documents]
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties by index
+        if 0 < req.top_n < len(order):
+            order = order[:req.top_n]
+        results = [self._rerank_result(i, req.documents[i], scores[i], req.return_documents)
+                   for i in order]
+        return _json(wire.rerank_response(model=self.config.model, results=results,
+                                          prompt_tokens=sum(counts)))
+
+    @staticmethod
+    def _rerank_result(index: int, document: str, score: float,
+                       with_document: bool) -> dict[str, Any]:
+        result: dict[str, Any] = {"index": index}
+        if with_document:
+            result["document"] = {"text": document, "multi_modal": None}
+        result["relevance_score"] = score
+        return result
+
+    async def score(self, request: web.Request) -> web.Response:
+        try:
+            pairs = score_pairs(await self._body(request))
+            counts = [text.count_tokens(a) + text.count_tokens(b) for a, b in pairs]
+            check_pool_lengths(counts, self.config.max_model_len)
+        except ApiError as err:
+            return err.response()
+        failure = await self._fault_gate()
+        if failure is not None:
+            return failure
+        await self._prefill(sum(counts))
+        return _json(wire.score_response(model=self.config.model,
+                                         scores=[pooling.overlap(a, b) for a, b in pairs],
+                                         prompt_tokens=sum(counts)))
+
     # -- other vLLM routes
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.Response(body=wire.models_response(
-            model=self.config.model, max_model_len=self.config.max_model_len,
-            created=self.created), content_type="application/json")
+        return _json(wire.models_response(model=self.config.model,
+                                          max_model_len=self.config.max_model_len,
+                                          created=self.created))
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
@@ -321,25 +366,45 @@ class Simulator:
         try:
             body = await self._body(request)
             if "messages" in body:
-                prompt = _messages_prompt(body).text
+                prompt = messages_prompt(body).text
             elif isinstance(body.get("prompt"), str):
                 prompt = body["prompt"]
             else:
-                raise _bad("Either prompt (a string) or messages is required", "prompt")
+                raise bad("Either prompt (a string) or messages is required", "prompt")
         except ApiError as err:
             return err.response()
         ids = text.token_ids(prompt)
-        return web.Response(body=wire.dumps({
-            "count": len(ids), "max_model_len": self.config.max_model_len, "tokens": ids,
-            "token_strs": None}), content_type="application/json")
+        return _json(wire.dumps({"count": len(ids), "max_model_len": self.config.max_model_len,
+                                 "tokens": ids, "token_strs": None}))
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        """The inverse of ``/tokenize``: ids it handed out decode to the exact text."""
+        try:
+            ids = token_list((await self._body(request)).get("tokens"), "tokens")
+        except ApiError as err:
+            return err.response()
+        return _json(wire.dumps({"prompt": text.detokenize(ids)}))
 
     async def metrics_route(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(),
                             headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def version(self, request: web.Request) -> web.Response:
-        return web.Response(body=b'{"version":"0.0.0+simulator"}',
-                            content_type="application/json")
+        return _json(b'{"version":"0.0.0+simulator"}')
+
+    # -- simulator controls
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return _json(orjson.dumps(self.faults.as_dict()))
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        """Change some fault settings at once; answers with all of them as they now are."""
+        try:
+            body = orjson.loads(await request.read())
+            self.faults.update(body)
+        except (orjson.JSONDecodeError, FaultError) as exc:
+            return bad(str(exc)).response()
+        return _json(orjson.dumps(self.faults.as_dict()))
 
 
 def _request_counter(counts: dict[str, int]):
@@ -354,6 +419,26 @@ def _request_counter(counts: dict[str, int]):
     return count
 
 
+def _add_routes(app: web.Application, sim: Simulator) -> None:
+    post = app.router.add_post
+    post("/v1/chat/completions", sim.chat_completions)
+    post("/v1/completions", sim.completions)
+    post("/v1/responses", sim.responses)
+    post("/v1/embeddings", sim.embeddings)
+    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):
+        post(path, sim.rerank)
+    for path in ("/v1/score", "/score"):
+        post(path, sim.score)
+    post("/tokenize", sim.tokenize)
+    post("/detokenize", sim.detokenize)
+    app.router.add_get("/v1/models", sim.models)
+    app.router.add_get("/health", sim.health)
+    app.router.add_get("/metrics", sim.metrics_route)
+    app.router.add_get("/version", sim.version)
+    app.router.add_get("/sim/faults", sim.get_faults)
+    post("/sim/faults", sim.set_faults)
+
+
 def create_app(config: Config) -> web.Application:
     """The aiohttp application; ``app["simulator"]`` exposes the state (engine, config)."""
     sim = Simulator(config)
@@ -362,16 +447,9 @@ def create_app(config: Config) -> web.Application:
     app["request_counts"] = counts
 
     async def stats(request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps({"requests": counts}),
-                            content_type="application/json")
+        return _json(orjson.dumps({"requests": counts}))
 
     app.router.add_get("/sim/stats", stats)
     app["simulator"] = sim
-    app.router.add_post("/v1/chat/completions", sim.chat_completions)
-    app.router.add_post("/v1/completions", sim.completions)
-    app.router.add_get("/v1/models", sim.models)
-    app.router.add_get("/health", sim.health)
-    app.router.add_post("/tokenize", sim.tokenize)
-    app.router.add_get("/metrics", sim.metrics_route)
-    app.router.add_get("/version", sim.version)
+    _add_routes(app, sim)
     return app

@@ -4,6 +4,10 @@ One regex tokenizer counts both prompts and outputs, so usage numbers agree with
 simulator sends and with ``/tokenize``. Generated text is assembled from pieces that are each
 exactly one token (``"Word"``, ``" word"``, ``","``, ``"."``), so re-tokenising the output gives
 back the number of pieces.
+
+Token ids work like a BPE vocabulary: each token carries the whitespace before it (``" world"``),
+and a :class:`Vocabulary` remembers which string every id stands for, so ``/detokenize`` gives
+back exactly what ``/tokenize`` was given.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ from functools import lru_cache
 from typing import Any
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+# The same tokens, each with the whitespace before it (and the last with any trailing
+# whitespace), so that joining the matches gives back the text exactly.
+_SPACED_RE = re.compile(r"\s*(?:\w+|[^\w\s])(?:\s+\Z)?")
+WORD_RE = re.compile(r"\w+")
 VOCAB_SIZE = 32000
 
 _WORDS = (
@@ -54,9 +62,59 @@ def count_tokens(text: str) -> int:
     return sum(1 for _ in TOKEN_RE.finditer(text))
 
 
+class Vocabulary:
+    """A two-way map between token strings and ids in ``range(size)``.
+
+    A token's id is a CRC of its string folded into the vocabulary size, so the same token gets
+    the same id in every simulator process; a collision moves the later token to the next free
+    id, which keeps ids invertible. The generator's own pieces are registered up front so that
+    ids of generated text decode without having been seen. Once every id is taken, new tokens
+    get their plain CRC id and are no longer invertible: the map cannot grow without bound.
+    """
+
+    def __init__(self, size: int = VOCAB_SIZE) -> None:
+        self.size = size
+        self._ids: dict[str, int] = {}
+        self._tokens: dict[int, str] = {}
+
+    def id_of(self, token: str) -> int:
+        known = self._ids.get(token)
+        if known is not None:
+            return known
+        tid = zlib.crc32(token.encode()) % self.size
+        if len(self._tokens) >= self.size:
+            return tid
+        while tid in self._tokens:
+            tid = (tid + 1) % self.size
+        self._ids[token] = tid
+        self._tokens[tid] = token
+        return tid
+
+    def token_of(self, tid: int) -> str:
+        """The string behind ``tid``; an id never handed out decodes to a filler word, as any
+        id of a real vocabulary decodes to something."""
+        token = self._tokens.get(tid)
+        return token if token is not None else _FOLLOW[tid % len(_FOLLOW)]
+
+
+VOCAB = Vocabulary()
+for _piece in (*_LEAD, *_FOLLOW, ",", ".", " ,", " ."):
+    VOCAB.id_of(_piece)
+
+
 def token_ids(text: str) -> list[int]:
-    """Stable fake token ids: a CRC of each token string folded into the vocabulary size."""
-    return [zlib.crc32(t.encode()) % VOCAB_SIZE for t in TOKEN_RE.findall(text)]
+    """Token ids of ``text``, one per token of :func:`tokenize`; :func:`detokenize` inverts it."""
+    return [VOCAB.id_of(t) for t in _SPACED_RE.findall(text)]
+
+
+def detokenize(ids: list[int]) -> str:
+    """The text behind token ids (ids must lie in ``range(VOCAB_SIZE)``)."""
+    return "".join(VOCAB.token_of(t) for t in ids)
+
+
+def words(text: str) -> set[str]:
+    """The distinct lower-cased words of ``text``, for overlap scores."""
+    return {w.lower() for w in WORD_RE.findall(text)}
 
 
 def _content_text(content: Any) -> str:
@@ -76,7 +134,8 @@ def render_chat(messages: list[dict[str, Any]], add_generation_prompt: bool = Tr
     """A ChatML-like rendering of the messages, the prompt a chat model would actually see."""
     out = []
     for m in messages:
-        out.append(f"<|im_start|>{m.get('role', 'user')}\n{_content_text(m.get('content'))}<|im_end|>\n")
+        role, content = m.get("role", "user"), _content_text(m.get("content"))
+        out.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
     if add_generation_prompt:
         out.append("<|im_start|>assistant\n")
     return "".join(out)

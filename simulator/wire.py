@@ -155,5 +155,35 @@ def models_response(*, model: str, max_model_len: int, created: int) -> bytes:
         "parent": None, "max_model_len": max_model_len, "permission": [perm]}]})
 
 
+def embedding_response(*, model: str, embeddings: list[list[float] | str],
+                       prompt_tokens: int) -> bytes:
+    """``POST /v1/embeddings``: one ``embedding`` item per input; ``usage`` at the top level
+    counts the input tokens (``completion_tokens`` is 0, as vLLM's UsageInfo serialises)."""
+    return orjson.dumps({
+        "id": new_id("embd"), "object": "list", "created": int(time.time()), "model": model,
+        "data": [{"index": i, "object": "embedding", "embedding": e}
+                 for i, e in enumerate(embeddings)],
+        "usage": usage_dict(prompt_tokens, 0),
+    })
+
+
+def rerank_response(*, model: str, results: list[dict[str, Any]], prompt_tokens: int) -> bytes:
+    """``POST /v1/rerank`` (Jina/Cohere style): ``usage`` has only prompt and total tokens."""
+    return orjson.dumps({
+        "id": new_id("rerank"), "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        "results": results,
+    })
+
+
+def score_response(*, model: str, scores: list[float], prompt_tokens: int) -> bytes:
+    """``POST /v1/score``: one ``score`` item per pair, usage like embeddings."""
+    return orjson.dumps({
+        "id": new_id("score"), "object": "list", "created": int(time.time()), "model": model,
+        "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
+        "usage": usage_dict(prompt_tokens, 0),
+    })
+
+
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)

@@ -1,8 +1,9 @@
 """The simulator's HTTP API, against real ``python -m simulator`` subprocesses.
 
 The official openai SDK is the client where it can be; raw HTTP where the bytes matter.
-Fixtures and helpers live here rather than in a conftest so that the module also runs with
-``--noconftest`` (the project conftest needs PostgreSQL; these tests need nothing).
+Fixtures live here rather than in a conftest so that the module also runs with
+``--noconftest`` (the project conftest needs PostgreSQL; these tests need nothing); raw-HTTP
+helpers are in :mod:`tests.simulator.support`.
 """
 
 from __future__ import annotations
@@ -10,16 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import aiohttp
 import openai
 import pytest
 
 from simulator.process import SimulatorProcess
+from tests.simulator.support import get, post, sse_events
 
 MODEL = "sim-model"
 MESSAGES = [{"role": "system", "content": "Be brief."},
@@ -36,33 +35,6 @@ def sim() -> Iterator[SimulatorProcess]:
 @pytest.fixture()
 def client(sim: SimulatorProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=sim.base_url, api_key="x", max_retries=0)
-
-
-def post(url: str, body: Any) -> tuple[int, dict[str, str], bytes]:
-    """POST JSON (or raw bytes); return (status, headers, body) without raising on 4xx/5xx."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
-
-
-def get(url: str) -> tuple[int, bytes]:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return resp.status, resp.read()
-
-
-def sse_events(raw: bytes) -> list[Any]:
-    """Parse an SSE body into JSON events plus the literal "[DONE]"."""
-    assert raw.endswith(b"\n\n")
-    events = []
-    for block in raw.decode().split("\n\n")[:-1]:
-        assert block.startswith("data: "), block
-        payload = block[len("data: "):]
-        events.append(payload if payload == "[DONE]" else json.loads(payload))
-    return events
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -1,6 +1,6 @@
 """The deterministic tokenizer and generator (pure functions, no server)."""
 
-from simulator import text
+from simulator import pooling, text
 
 
 def test_it_counts_words_and_punctuation_as_tokens():
@@ -54,3 +54,29 @@ def test_it_runs_to_max_tokens_when_ignore_eos_is_set():
 def test_it_extends_the_answer_to_min_tokens():
     out = text.complete("p", seed=0, index=0, max_tokens=300, stop=[], min_tokens=150)
     assert (len(out.pieces), out.finish_reason) == (150, "stop")
+
+
+def test_it_gives_each_generated_piece_one_token_id_that_decodes_back():
+    out = text.complete("p", seed=0, index=0, max_tokens=50, stop=[])
+    ids = text.token_ids(out.text)
+    assert len(ids) == len(out.pieces)
+    assert [text.detokenize([i]) for i in ids] == list(out.pieces)
+
+
+def test_it_moves_a_colliding_token_to_a_free_id_so_ids_stay_invertible():
+    vocab = text.Vocabulary(size=3)
+    ids = [vocab.id_of(t) for t in ("a", "b", "c")]
+    assert sorted(ids) == [0, 1, 2]
+    assert [vocab.token_of(i) for i in ids] == ["a", "b", "c"]
+    assert vocab.id_of("b") == ids[1]
+
+
+def test_it_stops_learning_tokens_once_every_id_is_taken():
+    vocab = text.Vocabulary(size=2)
+    first = [vocab.id_of(t) for t in ("a", "b")]
+    assert vocab.id_of("zz") in (0, 1) and [vocab.token_of(i) for i in first] == ["a", "b"]
+
+
+def test_it_scores_word_overlap_as_jaccard_of_lowercased_words():
+    assert pooling.overlap("Rivers of France", "rivers, france!") == 2 / 3
+    assert pooling.overlap("", "") == 0.0
