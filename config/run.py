@@ -58,6 +58,7 @@ class Child:
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.restart_at: float | None = None  # set while waiting out the backoff
+        self.stopped = False  # by the supervisor: not to be restarted
         self.delay = policy.initial_s  # the wait before the next restart
 
     @property
@@ -69,9 +70,12 @@ class Child:
         self.process = subprocess.Popen([sys.executable, *self.argv], start_new_session=True)
         self.started_at = now
         self.restart_at = None
+        self.stopped = False
 
     def tick(self, now: float) -> None:
         """Notice an exit and schedule the restart; restart once the delay has passed."""
+        if self.stopped:
+            return
         if self.restart_at is not None:
             if now >= self.restart_at:
                 self.start(now)
@@ -88,7 +92,7 @@ class Child:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after the grace period; a pending restart is dropped."""
-        self.restart_at = None
+        self.stopped, self.restart_at = True, None
         process = self.process
         if process is None:
             return
