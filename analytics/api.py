@@ -1,7 +1,6 @@
 """Ops API for analytics: the summary and the recent calls."""
 from __future__ import annotations
 
-
 from ninja import Field, ModelSchema, Query, Router, Schema
 
 from analytics.models import Call

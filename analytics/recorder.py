@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, DataError, IntegrityError, connections
 
 logger = logging.getLogger("sluice.recorder")
 
@@ -108,6 +108,11 @@ class CallRecorder:
 
         try:
             Call.objects.bulk_create([Call(**row) for row in batch], ignore_conflicts=True)
+        except (DataError, IntegrityError):
+            # The database is up but refuses a row (a value it cannot store): write the rest,
+            # set the refused ones aside, and never let one bad row block the whole log.
+            self._connection_close()
+            return self._insert_one_by_one(batch)
         except DatabaseError as exc:
             if self.db_ok:
                 logger.warning("call log: database unavailable, keeping %d records: %s",
@@ -120,6 +125,25 @@ class CallRecorder:
         self.db_ok = True
         return True
 
+    def _insert_one_by_one(self, batch: list[Record]) -> bool:
+        from analytics.models import Call
+
+        refused = []
+        for row in batch:
+            try:
+                Call.objects.bulk_create([Call(**row)], ignore_conflicts=True)
+            except (DataError, IntegrityError) as exc:
+                self._connection_close()
+                refused.append(row)
+                logger.error("call log: the database refused record %s: %s",
+                             row.get("request_id"), exc)
+            except DatabaseError:
+                self._connection_close()
+                return False  # down after all: the whole batch is retried later (idempotent)
+        if refused:
+            self._spool_write(refused, prefix="refused")
+        return True
+
     @staticmethod
     def _connection_close() -> None:
         try:
@@ -130,11 +154,16 @@ class CallRecorder:
     # --- spool ----------------------------------------------------------------------------
     def _spool_pending(self) -> None:
         rows = self._take(len(self._pending))
-        if not rows:
-            return
+        if rows:
+            self._spool_write(rows, prefix="calls")
+
+    @staticmethod
+    def _spool_write(rows: list[Record], *, prefix: str) -> None:
+        """`calls-*` files are replayed into the database; `refused-*` ones (rows it would not
+        store) are kept for an operator to look at."""
         directory = Path(settings.SLUICE_LOG_SPOOL_DIR)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"calls-{time.time_ns()}-{os.getpid()}.jsonl"
+        path = directory / f"{prefix}-{time.time_ns()}-{os.getpid()}.jsonl"
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as fh:
             for row in rows:

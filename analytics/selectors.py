@@ -6,14 +6,15 @@ or below it), so that any set of calls has a hand-checkable answer.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from django.utils import timezone
 
-from analytics.models import Call, CacheOutcome
+from analytics.models import CacheOutcome, Call
 
 _FIELDS = (
     "created_at", "route", "status_code", "latency_ms", "ttft_ms", "prompt_tokens",

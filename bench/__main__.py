@@ -28,15 +28,23 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from bench.client import Result, Target, plain_timed, stream_timed
 from bench.report import Paired, markdown, percentile
-from bench.stack import ROOT, ROUTE, SERVED_MODEL, Pinning, SimSettings, Stack, proc_cpu_s, \
-    proc_rss_kib
+from bench.stack import (
+    ROOT,
+    ROUTE,
+    SERVED_MODEL,
+    Pinning,
+    SimSettings,
+    Stack,
+    proc_cpu_s,
+    proc_rss_kib,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -265,7 +273,7 @@ def log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
     machine = machine_facts()  # before pinning narrows this process's CPU set
     pinning = Pinning.choose(not args.no_pin)

@@ -10,7 +10,6 @@ because a broken proxy that fails fast would otherwise look like a very quick on
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,7 +104,7 @@ async def stream_timed(target: Target, body: bytes) -> Result:
             result.total_s = time.perf_counter() - started
             if not result.done:
                 result.error = "the stream ended without data: [DONE]"
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         result.error = repr(exc)
         result.total_s = time.perf_counter() - started
     return result
@@ -144,7 +143,7 @@ async def plain_timed(target: Target, body: bytes) -> Result:
             result.status = resp.status
             payload = await resp.read()
             result.total_s = time.perf_counter() - started
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         result.error = repr(exc)
         result.total_s = time.perf_counter() - started
         return result

@@ -42,8 +42,8 @@ BARE_PATHS = ("/v1/", "/health", "/ready", "/tokenize", "/detokenize")
 
 from analytics.recorder import recorder  # noqa: E402
 from proxy.background import config_refresh_loop, health_loop  # noqa: E402
-from proxy.snapshot import snapshot_reload  # noqa: E402
 from proxy.ratelimit import limits_close  # noqa: E402
+from proxy.snapshot import snapshot_reload  # noqa: E402
 from proxy.upstream import session_close  # noqa: E402
 
 logger = logging.getLogger("sluice.lifespan")
@@ -82,7 +82,8 @@ class LifespanApp:
     async def startup(self) -> None:
         await sync_to_async(snapshot_reload, thread_sensitive=False)()
         recorder.start()
-        self._tasks = [asyncio.create_task(config_refresh_loop()), asyncio.create_task(health_loop())]
+        self._tasks = [asyncio.create_task(config_refresh_loop()),
+                       asyncio.create_task(health_loop())]
         # Everything loaded so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise stall every open stream at once.
         gc.collect()

@@ -6,8 +6,9 @@ to plotly.js as JSON, which draws them with `Plotly.react`, so nothing is built 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import plotly.graph_objects as go
 
@@ -19,7 +20,7 @@ BLUE, ORANGE, RED, GREEN, GREY = "#2563eb", "#ea580c", "#dc2626", "#16a34a", "#9
 
 def _utc(t: datetime) -> str:
     """A naive UTC string: plotly.js does not read time-zone suffixes."""
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _x(rows: Rows) -> list[str]:
@@ -35,7 +36,9 @@ def _x_range(rows: Rows) -> list[str] | None:
     return [_utc(rows[0]["t"] - half), _utc(rows[-1]["t"] + half)]
 
 
-def _figure(rows: Rows, traces: list[go.BaseTraceType], *, y_title: str, **layout: Any) -> go.Figure:
+def _figure(
+    rows: Rows, traces: list[go.BaseTraceType], *, y_title: str, **layout: Any
+) -> go.Figure:
     fig = go.Figure(data=traces)
     # template "none" keeps plotly's default theme (~6 kB per figure) out of every refresh.
     fig.update_layout(

@@ -5,7 +5,8 @@ page's script only copies these strings into place), so the two never disagree.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from analytics.models import Call
 

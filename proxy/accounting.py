@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -32,7 +32,7 @@ class CallLog:
 
     def __init__(self, *, endpoint: str) -> None:
         self.request_id = "req-" + uuid.uuid4().hex
-        self.created_at = datetime.now(timezone.utc)
+        self.created_at = datetime.now(UTC)
         self.started = time.perf_counter()
         self.endpoint = endpoint
         self.key: KeyInfo | None = None
@@ -118,14 +118,14 @@ class CallLog:
             "created_at": self.created_at,
             "request_id": self.request_id,
             "api_key_id": self.key.id if self.key else None,
-            "api_key_name": self.key.name if self.key else "",
+            "api_key_name": _clip(self.key.name if self.key else "", 100),
             "endpoint": self.endpoint,
-            "route": route.name if route else "",
-            "requested_model": self.requested_model[:200],
-            "served_model": served,
-            "backend": self.backend,
+            "route": _clip(route.name if route else "", 100),
+            "requested_model": _clip(self.requested_model, 200),
+            "served_model": _clip(served, 200),
+            "backend": _clip(self.backend, 100),
             "status_code": self.status_code,
-            "error_type": self.error_type,
+            "error_type": _clip(self.error_type, 64),
             "stream": self.stream,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -145,6 +145,11 @@ class CallLog:
             self.prompt_tokens * price.input_usd_per_1m
             + self.completion_tokens * price.output_usd_per_1m
         ) / _MILLION
+
+
+def _clip(text: str, length: int) -> str:
+    """Fit a column: no NUL (PostgreSQL refuses it in text), no more than its length."""
+    return text.replace("\x00", "")[:length]
 
 
 def _count(value: Any) -> int:

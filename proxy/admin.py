@@ -57,6 +57,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if not change:
             plaintext = obj.key_assign()
             messages.warning(
-                request, f"New key for {obj.name}: {plaintext} (copy it now: it is not shown again)."
+                request,
+                f"New key for {obj.name}: {plaintext} (copy it now: it is not shown again).",
             )
         super().save_model(request, obj, form, change)

@@ -38,7 +38,9 @@ class ApiError(Exception):
         return response
 
 
-def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> bytes:
+def error_body(
+    message: str, *, type: str, param: str | None = None, code: str | None = None
+) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
 
 

@@ -203,6 +203,10 @@ async def _attempt(plan: Plan, log: CallLog, endpoint: Endpoint, body: dict[str,
         raise UpstreamError(504, f"Backend {backend.name} sent no first byte within "
                                  f"{min(timeouts.ttfb, remaining):g} s.",
                             code="upstream_timeout", retryable=True) from None
+    except asyncio.CancelledError:  # the app hung up: the pipeline closes the books
+        if response is not None:
+            response.close()
+        raise
     except UpstreamError as exc:
         if response is not None:
             response.close()
@@ -244,7 +248,7 @@ def _attempt_failed(log: CallLog, lease: Lease, why: str) -> None:
 async def _status_error(response: aiohttp.ClientResponse) -> UpstreamStatusError:
     try:
         payload = await response.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         payload = b""
     finally:
         response.release()

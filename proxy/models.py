@@ -150,7 +150,7 @@ class ApiKey(models.Model):
         return plaintext
 
     @classmethod
-    def issue(cls, *, name: str, plaintext: str | None = None) -> tuple["ApiKey", str]:
+    def issue(cls, *, name: str, plaintext: str | None = None) -> tuple[ApiKey, str]:
         key = cls(name=name)
         plaintext = key.key_assign(plaintext)
         key.save()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -99,7 +99,7 @@ async def _body_relay(upstream: aiohttp.ClientResponse, log: CallLog) -> HttpRes
     """A non-streamed answer: read it whole, take its usage, return its bytes untouched."""
     try:
         payload = await upstream.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         upstream.close()
         log.fail(502, "upstream_error")
         body = error_body(f"Backend {log.backend} failed mid-answer: {exc!r}.",
@@ -114,7 +114,7 @@ async def _upstream_error_relay(upstream: aiohttp.ClientResponse, log: CallLog) 
     """The backend refused: pass its status on, in OpenAI's error shape."""
     try:
         payload = await upstream.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         payload = b""
     finally:
         upstream.release()
@@ -151,7 +151,7 @@ async def _stream_relay(
         if pending.strip():
             yield pending
         upstream.release()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         log.fail(502, "upstream_stream_error")
         yield sse.error_event(f"Backend {log.backend} failed mid-stream: {exc!r}.")
     except (asyncio.CancelledError, GeneratorExit):

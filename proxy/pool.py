@@ -11,8 +11,8 @@ import asyncio
 import itertools
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from django.conf import settings
 
@@ -90,7 +90,8 @@ class Lease:
             if latency_ms is not None:
                 state.served += 1
                 last = state.latency_ms
-                state.latency_ms = latency_ms if last is None else last + _EWMA * (latency_ms - last)
+                state.latency_ms = (latency_ms if last is None
+                                    else last + _EWMA * (latency_ms - last))
         elif outcome == FAILED:
             state.breaker.failure(why or "request failed")
         else:
@@ -191,7 +192,7 @@ async def health_probe_all(snapshot: Snapshot) -> None:
     """Probe every backend's /health at once and record the verdicts."""
     backends = snapshot.backends
     results = await asyncio.gather(*(upstream_health(b) for b in backends))
-    for backend, ok in zip(backends, results):
+    for backend, ok in zip(backends, results, strict=True):
         backend_mark(backend, healthy=ok, why="health probe failed")
     for gone in set(_states) - set(snapshot_current().backends):
         del _states[gone]  # removed or edited since; in-flight calls keep their own reference

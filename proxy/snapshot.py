@@ -7,10 +7,10 @@ in this process (signals) and periodically in the background for edits made else
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Mapping
 
 logger = logging.getLogger("sluice.snapshot")
 

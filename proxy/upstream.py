@@ -16,7 +16,7 @@ from proxy.errors import ApiError
 from proxy.snapshot import BackendInfo
 
 # One pooled session per event loop (a server has one; tests and tools may run others).
-_sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]" = (
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -103,5 +103,5 @@ async def upstream_health(backend: BackendInfo, *, timeout_s: float = 2.0) -> bo
         ) as resp:
             await resp.read()
             return resp.status == 200
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return False

@@ -7,7 +7,7 @@ A ring of one-second slots answers that with two adds per event and no allocatio
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 class WindowCounter:

@@ -35,7 +35,8 @@ SIM_MODEL = "sim-model"
 def simulators():
     """Two real simulator processes serving SIM_MODEL, fast enough for tests."""
     # The same seed on both: whichever backend serves a prompt, the answer is the same.
-    sims = [SimulatorProcess(model=SIM_MODEL, ttft_ms=5, tokens_per_s=2000, seed=1) for _ in range(2)]
+    sims = [SimulatorProcess(model=SIM_MODEL, ttft_ms=5, tokens_per_s=2000, seed=1)
+            for _ in range(2)]
     for sim in sims:
         sim.start()
     yield sims

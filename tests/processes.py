@@ -29,7 +29,7 @@ class TcpRelay:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
 
-    def start(self) -> "TcpRelay":
+    def start(self) -> TcpRelay:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -117,7 +117,7 @@ class GatewayProcess:
     def spool_dir(self) -> Path:
         return Path(self.var_dir) / "spool"
 
-    def start(self, timeout_s: float = 20.0) -> "GatewayProcess":
+    def start(self, timeout_s: float = 20.0) -> GatewayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
              "--port", str(self.port), "--lifespan", "on", "--no-access-log"],

@@ -6,8 +6,8 @@ import pytest
 from django.utils import timezone
 
 from analytics.models import Call
-from tests.factories import call_create
 from analytics.selectors import percentile, series_compute, summary_compute
+from tests.factories import call_create
 
 NOW = timezone.now()
 

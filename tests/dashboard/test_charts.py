@@ -1,11 +1,11 @@
 """charts.py turns series rows into plotly figures that carry the rows' values."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from dashboard import charts
 
-START = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+START = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def row(i: int, **stats) -> dict:

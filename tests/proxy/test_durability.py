@@ -54,7 +54,8 @@ def call_through(gateway: GatewayProcess, *, stream: bool) -> str:
     if stream:
         return "".join(c.choices[0].delta.content or "" for c in sdk.chat.completions.create(
             model="default", messages=MESSAGES, stream=True) if c.choices)
-    return sdk.chat.completions.create(model="default", messages=MESSAGES).choices[0].message.content
+    answer = sdk.chat.completions.create(model="default", messages=MESSAGES)
+    return answer.choices[0].message.content
 
 
 def test_a_database_outage_fails_no_call_and_loses_no_record(pool, relay, gateways):

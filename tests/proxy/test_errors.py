@@ -126,7 +126,8 @@ def test_it_accepts_the_master_key(gateway, pool, settings):
 
 def test_it_answers_502_when_the_backend_is_unreachable(gateway, pool, flush_calls):
     dead_port = free_port()  # nobody listens on it
-    Backend.objects.create(name="dead", base_url=f"http://127.0.0.1:{dead_port}", model="dead-model")
+    Backend.objects.create(name="dead", base_url=f"http://127.0.0.1:{dead_port}",
+                           model="dead-model")
     Route.objects.create(name="dead-route", model="dead-model")
     snapshot_reload()
 
@@ -136,7 +137,8 @@ def test_it_answers_502_when_the_backend_is_unreachable(gateway, pool, flush_cal
     assert status == 502
     assert assert_openai_shape(payload)["code"] == "upstream_unreachable"
     [call] = flush_calls()
-    assert (call.status_code, call.backend, call.error_type) == (502, "dead", "upstream_unreachable")
+    assert (call.status_code, call.backend, call.error_type) == (
+        502, "dead", "upstream_unreachable")
 
 
 def test_it_passes_a_backend_refusal_on_in_openai_shape(gateway, pool):

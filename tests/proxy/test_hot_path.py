@@ -51,7 +51,8 @@ def test_it_records_route_backend_tokens_latency_and_ttft(sdk, flush_calls):
     answer = sdk.chat.completions.create(model="default", messages=MESSAGES, max_tokens=4)
 
     streamed, whole = flush_calls()
-    assert (streamed.route, streamed.served_model, streamed.stream) == ("default", "sim-model", True)
+    assert (streamed.route, streamed.served_model, streamed.stream) == (
+        "default", "sim-model", True)
     assert streamed.backend in ("sim-1", "sim-2") and whole.backend != streamed.backend
     assert (streamed.prompt_tokens, streamed.completion_tokens) == (
         usage.prompt_tokens, usage.completion_tokens)

@@ -122,7 +122,8 @@ def test_a_stream_dropped_before_its_first_byte_is_still_recorded(pool, slow_sim
     from proxy.upstream import session_close
 
     request = RequestFactory().post(
-        "/v1/chat/completions", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {pool}",
+        "/v1/chat/completions", content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {pool}",
         data=json.dumps({"model": "slow", "messages": MESSAGES, "stream": True, "max_tokens": 500}))
 
     async def scenario():
