@@ -184,6 +184,22 @@ def test_a_client_error_from_the_backend_is_not_retried(sdk, sims, flush_calls):
     assert (call.status_code, call.retries) == (400, 0)
 
 
+def test_the_total_timeout_bounds_the_whole_call(sdk, sims, flush_calls):
+    slow = sims("m", tokens_per_s=10)
+    backend_add("slow", "m", slow.url)
+    Route.objects.create(name="brief", model="m", total_timeout_s=0.3)
+    snapshot_reload()
+
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as caught:
+        chat(sdk, "brief", max_tokens=50)
+
+    assert time.monotonic() - started < 1.5
+    assert (caught.value.status_code, caught.value.code) == (504, "upstream_timeout")
+    [call] = flush_calls()
+    assert (call.status_code, call.error_type, call.retries) == (504, "upstream_timeout", 0)
+
+
 # --- fallback chains ------------------------------------------------------------------------
 
 def test_a_fallback_route_serves_when_the_primary_models_backends_are_all_down(
