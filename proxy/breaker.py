@@ -3,7 +3,8 @@
 Passive: every outcome of live traffic is counted. The breaker opens after `failures`
 consecutive failures, or when the error rate over the last `window_s` seconds reaches
 `error_rate` with at least `min_requests` outcomes in the window. Active: a failed `/health`
-probe or a refused connection opens it at once (`trip`).
+probe or a refused connection opens it at once (`trip`); a passing probe ends an open
+breaker's cooldown early (`health_ok`), so the next request probes it.
 
 Open, it takes no traffic. After `cooldown_s` it lets exactly one request through (half-open);
 that probe's success closes the breaker, its failure opens it for another cooldown.
@@ -103,6 +104,15 @@ class Breaker:
         that ends so frees the probe slot without deciding."""
         if self.state == HALF_OPEN:
             self.probing = False
+
+    def health_ok(self) -> None:
+        """The backend answers its health probe again: an open breaker need not wait out its
+        cooldown, the next request may probe it (a restarted server rejoins in one probe
+        interval, not one cooldown)."""
+        if self.state == OPEN and self.retry_after_s() > 0:
+            self.opened_at = self.clock() - self.policy.cooldown_s
+            logger.info("backend %s: health probe answered, breaker ready for a probe request",
+                        self.name)
 
     def trip(self, why: str) -> None:
         """Open now (a failed health probe, a refused connection)."""

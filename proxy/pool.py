@@ -184,7 +184,9 @@ def backend_mark(backend: BackendInfo, *, healthy: bool, why: str = "") -> None:
     if state.healthy != healthy:
         logger.warning("backend %s is now %s", backend.name, "healthy" if healthy else "down")
     state.healthy = healthy
-    if not healthy:
+    if healthy:
+        state.breaker.health_ok()
+    else:
         state.breaker.trip(why or "health probe failed")
 
 

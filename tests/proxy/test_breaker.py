@@ -191,3 +191,24 @@ def test_the_retry_budget_allows_a_share_of_requests_with_a_floor(settings, monk
 
     clock.advance(10)
     assert budget.allows()  # a new window
+
+
+def test_a_passing_health_probe_ends_the_cooldown_for_one_probe_request(clock):
+    b = breaker(clock, cooldown_s=30)
+    b.trip("refused")
+    assert not b.available()
+
+    b.health_ok()
+
+    assert b.state == OPEN and b.available()
+    b.admit()
+    assert b.state == HALF_OPEN and not b.available()
+
+
+def test_a_passing_health_probe_leaves_a_closed_breaker_alone(clock):
+    b = breaker(clock)
+    b.failure()
+
+    b.health_ok()
+
+    assert b.state == CLOSED and b.consecutive_failures == 1
