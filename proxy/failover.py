@@ -17,6 +17,7 @@ retried (pipeline.py ends a broken stream with an SSE error event).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from proxy.endpoints import Endpoint
 from proxy.errors import overloaded
 from proxy.pool import FAILED, Lease, NoCandidate, backend_available, backend_state, slot_acquire
 from proxy.schemas import upstream_body
-from proxy.snapshot import BackendInfo, RouteInfo, Snapshot, timeouts_default
+from proxy.snapshot import BackendInfo, RouteInfo, Snapshot, Timeouts, timeouts_default
 from proxy.upstream import UpstreamError, upstream_error, upstream_post
 from proxy.window import WindowCounter
 
@@ -41,11 +42,13 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 @dataclass(slots=True)
 class Opened:
-    """A backend's answer, started: its status and headers, and for a stream the first
-    whole events, read ahead and not yet forwarded."""
+    """A backend's answer, started: its status and headers, for a stream the first whole
+    events (read ahead, not yet forwarded), and when the whole call must be over
+    (`time.monotonic()`, the route's total timeout)."""
 
     response: aiohttp.ClientResponse
-    first: bytes = b""
+    first: bytes
+    deadline: float
 
 
 class UpstreamStatusError(UpstreamError):
@@ -153,6 +156,11 @@ async def upstream_open(log: CallLog, snapshot: Snapshot, endpoint: Endpoint,
     deadline = time.monotonic() + timeouts.total
     budget.request()
 
+    try:  # the common case: the first attempt starts the answer, no retry machinery at all
+        return await _attempt(plan, log, endpoint, body, timeouts, deadline)
+    except UpstreamError as exc:
+        failed: UpstreamError | None = exc
+
     def worth_retrying(exc: BaseException) -> bool:
         return (isinstance(exc, UpstreamError) and exc.retryable
                 and time.monotonic() < deadline and plan.candidates() is not None
@@ -172,6 +180,9 @@ async def upstream_open(log: CallLog, snapshot: Snapshot, endpoint: Endpoint,
     )
     async for attempt in retrying:
         with attempt:
+            if failed is not None:  # tenacity's first attempt is the one that just failed
+                first, failed = failed, None
+                raise first
             return await _attempt(plan, log, endpoint, body, timeouts, deadline)
     raise AssertionError("unreachable: tenacity reraises the last error")
 
@@ -190,8 +201,7 @@ async def _attempt(plan: Plan, log: CallLog, endpoint: Endpoint, body: dict[str,
             response = await upstream_post(
                 backend, endpoint.upstream_path,
                 upstream_body(body, served_model=backend.model, endpoint=endpoint),
-                timeout=aiohttp.ClientTimeout(total=remaining, connect=timeouts.connect,
-                                              sock_read=timeouts.idle),
+                timeout=_client_timeout(log.route.timeouts),
             )
             if response.status in RETRYABLE_STATUSES:
                 raise await _status_error(response)
@@ -215,7 +225,16 @@ async def _attempt(plan: Plan, log: CallLog, endpoint: Endpoint, body: dict[str,
             backend_state(backend).breaker.trip(exc.message)
         _attempt_failed(log, lease, exc.message)
         raise
-    return Opened(response, first)
+    return Opened(response, first, deadline)
+
+
+@functools.lru_cache(maxsize=256)
+def _client_timeout(timeouts: Timeouts | None) -> aiohttp.ClientTimeout | None:
+    """A route's connect and idle timeouts for aiohttp (None: the session's defaults, the
+    settings'). The TTFB and total timeouts are enforced here and in the pipeline."""
+    if timeouts is None:
+        return None
+    return aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.idle)
 
 
 async def _lease_take(plan: Plan, log: CallLog, deadline: float) -> Lease:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator
 
@@ -82,10 +83,17 @@ async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpRespo
             response[name] = value
         return _tagged(response, log)
     try:
-        if upstream.status != 200:
-            response = await _upstream_error_relay(upstream, log)
-        else:
-            response = await _body_relay(upstream, log)
+        async with asyncio.timeout(max(0.0, opened.deadline - time.monotonic())):
+            if upstream.status != 200:
+                response = await _upstream_error_relay(upstream, log)
+            else:
+                response = await _body_relay(upstream, log)
+    except TimeoutError:
+        upstream.close()
+        log.fail(504, "upstream_timeout")
+        response = ApiError(504, f"Backend {log.backend} did not finish within the route's "
+                                 "total timeout.", type="upstream_error",
+                            code="upstream_timeout").response()
     except asyncio.CancelledError:
         upstream.close()
         log.fail(499, "client_closed")
@@ -137,6 +145,8 @@ async def _stream_relay(
     pending = opened.first
     try:
         while True:
+            if time.monotonic() > opened.deadline:
+                raise TimeoutError("the route's total timeout expired")
             cut = pending.rfind(sse.EVENT_END)
             if cut >= 0:
                 block, pending = pending[: cut + 2], pending[cut + 2 :]

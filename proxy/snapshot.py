@@ -6,6 +6,7 @@ in this process (signals) and periodically in the background for edits made else
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ class Timeouts:
     total: float
 
 
+@functools.cache
 def timeouts_default() -> Timeouts:
+    """The settings' timeouts (cached: read on every request; cleared when settings change)."""
     from django.conf import settings
 
     return Timeouts(

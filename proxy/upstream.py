@@ -45,6 +45,8 @@ def session_get() -> aiohttp.ClientSession:
         )
         session = _sessions[loop] = aiohttp.ClientSession(
             connector=connector,
+            # No `total` here: aiohttp would then time every read of every stream; the
+            # total timeout is enforced by the request path (failover, pipeline) instead.
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 connect=settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT_S,
@@ -69,8 +71,9 @@ async def upstream_post(backend: BackendInfo, path: str, body: bytes, *,
 
     The caller owns the response and must release or close it."""
     url = f"{backend.base_url}{path}"
+    options = {} if timeout is None else {"timeout": timeout}  # None: the session's default
     try:
-        return await session_get().post(url, data=body, headers=JSON_HEADERS, timeout=timeout)
+        return await session_get().post(url, data=body, headers=JSON_HEADERS, **options)
     except Exception as exc:
         raise upstream_error(backend, exc) from None
 
