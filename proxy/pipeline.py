@@ -143,10 +143,12 @@ async def _stream_relay(
     stream ends: done, broken upstream, or the client hanging up."""
     upstream = opened.response
     pending = opened.first
+    # The route's total timeout: one timer per stream (not a clock read per chunk) that cuts
+    # the upstream connection, which the read below then reports.
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, opened.deadline - time.monotonic()), upstream.close)
     try:
         while True:
-            if time.monotonic() > opened.deadline:
-                raise TimeoutError("the route's total timeout expired")
             cut = pending.rfind(sse.EVENT_END)
             if cut >= 0:
                 block, pending = pending[: cut + 2], pending[cut + 2 :]
@@ -163,11 +165,15 @@ async def _stream_relay(
         upstream.release()
     except (TimeoutError, aiohttp.ClientError) as exc:
         log.fail(502, "upstream_stream_error")
-        yield sse.error_event(f"Backend {log.backend} failed mid-stream: {exc!r}.")
+        why = repr(exc)
+        if time.monotonic() >= opened.deadline:
+            why = "the route's total timeout expired"
+        yield sse.error_event(f"Backend {log.backend} failed mid-stream: {why}.")
     except (asyncio.CancelledError, GeneratorExit):
         log.fail(499, "client_closed")
         raise
     finally:
+        expiry.cancel()
         upstream.close()  # a no-op once released; otherwise it cancels the upstream request
         log.finish(snapshot)
 

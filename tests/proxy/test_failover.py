@@ -200,6 +200,26 @@ def test_the_total_timeout_bounds_the_whole_call(sdk, sims, flush_calls):
     assert (call.status_code, call.error_type, call.retries) == (504, "upstream_timeout", 0)
 
 
+def test_the_total_timeout_ends_a_long_stream_with_an_error_event(sdk, sims, flush_calls):
+    slow = sims("m", tokens_per_s=20)
+    backend_add("slow", "m", slow.url)
+    Route.objects.create(name="brief", model="m", total_timeout_s=0.5)
+    snapshot_reload()
+
+    stream = sdk.chat.completions.create(model="brief", messages=MESSAGES, stream=True,
+                                         max_tokens=100)
+    received = 0
+    with pytest.raises(openai.APIError) as caught:
+        for _chunk in stream:
+            received += 1
+
+    assert received >= 1
+    assert "total timeout" in str(caught.value)
+    [call] = flush_calls()
+    assert (call.status_code, call.error_type) == (502, "upstream_stream_error")
+    assert call.latency_ms < 1500
+
+
 # --- fallback chains ------------------------------------------------------------------------
 
 def test_a_fallback_route_serves_when_the_primary_models_backends_are_all_down(
