@@ -304,7 +304,9 @@ def test_under_load_the_breaker_opens_moves_traffic_probes_and_closes(sdk, sims,
     seen_while_open = requests_seen(flaky)
     for _ in range(5):
         chat(sdk, "m")
-    assert requests_seen(flaky) == seen_while_open  # no traffic while open
+    # No traffic while open, but for at most one probe request: the backend still answers its
+    # /health, and a passing health probe ends the cooldown early.
+    assert requests_seen(flaky) - seen_while_open <= 1
 
     faults_set(flaky, error_rate=0.0)
     time.sleep(0.6)  # the cooldown
