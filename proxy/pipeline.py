@@ -145,8 +145,14 @@ async def _stream_relay(
     pending = opened.first
     # The route's total timeout: one timer per stream (not a clock read per chunk) that cuts
     # the upstream connection, which the read below then reports.
+    expired = []
+
+    def expire() -> None:
+        expired.append(True)
+        upstream.close()
+
     expiry = asyncio.get_running_loop().call_later(
-        max(0.0, opened.deadline - time.monotonic()), upstream.close)
+        max(0.0, opened.deadline - time.monotonic()), expire)
     try:
         while True:
             cut = pending.rfind(sse.EVENT_END)
@@ -165,9 +171,7 @@ async def _stream_relay(
         upstream.release()
     except (TimeoutError, aiohttp.ClientError) as exc:
         log.fail(502, "upstream_stream_error")
-        why = repr(exc)
-        if time.monotonic() >= opened.deadline:
-            why = "the route's total timeout expired"
+        why = "the route's total timeout expired" if expired else repr(exc)
         yield sse.error_event(f"Backend {log.backend} failed mid-stream: {why}.")
     except (asyncio.CancelledError, GeneratorExit):
         log.fail(499, "client_closed")
