@@ -8,6 +8,8 @@ class CacheOutcome(models.TextChoices):
     MISS = "miss"
     EXACT = "exact"
     SEMANTIC = "semantic"
+    BYPASS = "bypass"  # the app sent Cache-Control: no-cache, or the route caches nothing
+    SKIPPED = "skipped"  # the semantic lookup was skipped: the embedder was saturated
 
 
 class Call(models.Model):
@@ -39,8 +41,21 @@ class Call(models.Model):
         null=True, blank=True, help_text="Time spent waiting for a free backend slot."
     )
     fallback_used = models.BooleanField(default=False)
+    decision = models.CharField(
+        max_length=16, blank=True,
+        help_text="Small-model routing: small, primary, forced (x-sluice-no-downroute), or blank.",
+    )
+    decision_score = models.FloatField(null=True, blank=True)
+    prompt_tokens_saved = models.PositiveIntegerField(
+        default=0, help_text="Prompt tokens removed by compression."
+    )
     cost_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
     baseline_cost_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
+    # baseline − cost, split by cause (they add up to it).
+    saved_cache_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
+    saved_routing_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
+    saved_compression_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
+    saved_selfhost_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
 
     class Meta:
         ordering = ["-created_at"]

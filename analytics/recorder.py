@@ -201,7 +201,7 @@ def _json_default(value: Any) -> Any:
 def _row_load(line: bytes) -> Record:
     row = orjson.loads(line)
     row["created_at"] = datetime.fromisoformat(row["created_at"])
-    for name in ("cost_usd", "baseline_cost_usd"):
+    for name in [n for n in row if n.endswith("_usd")]:
         row[name] = Decimal(row[name])
     return row
 

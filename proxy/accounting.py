@@ -8,15 +8,14 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from analytics.recorder import recorder
 from proxy.pool import FAILED, NEUTRAL, OK, Lease
+from proxy.pricing import call_costs
 from proxy.ratelimit import Grant, limits_settle
-from proxy.snapshot import KeyInfo, PriceInfo, RouteInfo, Snapshot
+from proxy.snapshot import KeyInfo, RouteInfo, Snapshot
 
-_MILLION = Decimal(1_000_000)
 _BACKEND_FAILURES = frozenset({"upstream_stream_error", "upstream_error", "upstream_timeout"})
 
 
@@ -27,7 +26,7 @@ class CallLog:
         "request_id", "created_at", "started", "endpoint", "key", "route", "requested_model",
         "served_model", "backend", "stream", "status_code", "error_type", "prompt_tokens",
         "completion_tokens", "ttft_ms", "finished", "lease", "retries", "fallback_used",
-        "queue_ms", "grant",
+        "queue_ms", "grant", "cache", "decision", "decision_score", "prompt_tokens_saved",
     )
 
     def __init__(self, *, endpoint: str) -> None:
@@ -52,6 +51,10 @@ class CallLog:
         self.fallback_used = False
         self.queue_ms: float | None = None
         self.grant: Grant | None = None
+        self.cache = "miss"  # miss | exact | semantic | bypass | skipped
+        self.decision = ""  # small-model routing: small | primary | forced | ""
+        self.decision_score: float | None = None
+        self.prompt_tokens_saved = 0  # removed by prompt compression
 
     def lease_take(self, lease: Lease, *, fallback: bool) -> None:
         """The call now occupies a slot on `lease.backend` until `finish()` releases it."""
@@ -113,7 +116,6 @@ class CallLog:
     def to_record(self, snapshot: Snapshot) -> dict[str, Any]:
         route = self.route
         served = self.served_model
-        baseline_model = route.baseline_model if route else served
         return {
             "created_at": self.created_at,
             "request_id": self.request_id,
@@ -134,17 +136,12 @@ class CallLog:
             "retries": self.retries,
             "fallback_used": self.fallback_used,
             "queue_ms": round(self.queue_ms, 3) if self.queue_ms is not None else None,
-            "cost_usd": self._cost(snapshot.prices.get(served)),
-            "baseline_cost_usd": self._cost(snapshot.prices.get(baseline_model)),
+            "cache": self.cache,
+            "decision": self.decision,
+            "decision_score": self.decision_score,
+            "prompt_tokens_saved": self.prompt_tokens_saved,
+            **call_costs(self, snapshot).as_record(),
         }
-
-    def _cost(self, price: PriceInfo | None) -> Decimal:
-        if price is None:
-            return Decimal(0)
-        return (
-            self.prompt_tokens * price.input_usd_per_1m
-            + self.completion_tokens * price.output_usd_per_1m
-        ) / _MILLION
 
 
 def _clip(text: str, length: int) -> str:

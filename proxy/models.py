@@ -33,6 +33,11 @@ class Backend(models.Model):
         help_text="Requests Sluice sends it at once (usually vLLM's --max-num-seqs); "
         "the rest wait in Sluice's queue.",
     )
+    gpu_usd_per_hour = models.DecimalField(
+        max_digits=10, decimal_places=4, null=True, blank=True,
+        help_text="What this self-hosted server costs per hour (GPU rental or amortised). "
+        "Blank: its model's hosted price is used instead.",
+    )
     # Circuit-breaker thresholds; blank means the SLUICE_BREAKER_* setting.
     breaker_failures = models.PositiveIntegerField(
         null=True, blank=True,
@@ -93,6 +98,40 @@ class Route(models.Model):
     total_timeout_s = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0.001)],
         help_text="Whole call, all attempts. Blank: SLUICE_UPSTREAM_TOTAL_TIMEOUT_S.",
+    )
+    # Cost steps (issue 6): caches, small-model routing, prompt compression.
+    cache_exact = models.BooleanField(
+        default=False, help_text="Serve repeated identical requests from the exact cache."
+    )
+    cache_semantic = models.BooleanField(
+        default=False, help_text="Serve questions that mean the same from the semantic cache."
+    )
+    cache_ttl_s = models.PositiveIntegerField(
+        default=3600, help_text="How long a cached answer may be served, in seconds."
+    )
+    cache_nonzero_temperature = models.BooleanField(
+        default=False,
+        help_text="Also cache requests sampled with temperature > 0 (their answers vary).",
+    )
+    semantic_threshold = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Cosine similarity a candidate must reach (blank: SLUICE_SEMANTIC_THRESHOLD).",
+    )
+    semantic_max_entries = models.PositiveIntegerField(
+        default=10000, help_text="Questions kept in this route's semantic index."
+    )
+    small_model = models.CharField(
+        max_length=200, blank=True,
+        help_text="A cheaper route or model for easy requests (blank: no down-routing).",
+    )
+    downroute_threshold = models.FloatField(
+        default=0.5, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Requests whose difficulty score is below this go to the small model.",
+    )
+    prompt_token_budget = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Longest prompt in tokens; longer conversations lose their oldest turns "
+        "(the system prompt and the latest turns are kept). Blank: no compression.",
     )
     rpm_limit = models.PositiveIntegerField(
         null=True, blank=True, help_text="Requests per minute on this route, all keys together."

@@ -174,7 +174,8 @@ async def _stream_relay(
         why = "the route's total timeout expired" if expired else repr(exc)
         yield sse.error_event(f"Backend {log.backend} failed mid-stream: {why}.")
     except (asyncio.CancelledError, GeneratorExit):
-        log.fail(499, "client_closed")
+        if not log.error_type:  # an app leaving after the backend's error event: still 502
+            log.fail(499, "client_closed")
         raise
     finally:
         expiry.cancel()

@@ -58,6 +58,16 @@ class RouteInfo:
     timeouts: Timeouts | None = None  # None: the settings' defaults
     rpm_limit: int = 0  # 0: unlimited
     tpm_limit: int = 0
+    # Cost steps (all off by default)
+    cache_exact: bool = False
+    cache_semantic: bool = False
+    cache_ttl_s: int = 3600
+    cache_nonzero_temperature: bool = False
+    semantic_threshold: float | None = None  # None: SLUICE_SEMANTIC_THRESHOLD
+    semantic_max_entries: int = 10000
+    small_model: str = ""  # a route or a served model; "": no down-routing
+    downroute_threshold: float = 0.5
+    prompt_token_budget: int = 0  # 0: no compression
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +82,7 @@ class BackendInfo:
     breaker_failures: int | None = None
     breaker_error_rate: float | None = None
     breaker_cooldown_s: float | None = None
+    gpu_usd_per_hour: Decimal | None = None  # self-hosted cost; None: the hosted price
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +132,7 @@ def snapshot_build() -> Snapshot:
                 breaker_failures=b.breaker_failures,
                 breaker_error_rate=b.breaker_error_rate,
                 breaker_cooldown_s=b.breaker_cooldown_s,
+                gpu_usd_per_hour=b.gpu_usd_per_hour,
             )
         )
     prices = {
@@ -164,6 +176,15 @@ def _route_info(route, defaults: Timeouts) -> RouteInfo:
         timeouts=None if timeouts == defaults else timeouts,
         rpm_limit=route.rpm_limit or 0,
         tpm_limit=route.tpm_limit or 0,
+        cache_exact=route.cache_exact,
+        cache_semantic=route.cache_semantic,
+        cache_ttl_s=route.cache_ttl_s,
+        cache_nonzero_temperature=route.cache_nonzero_temperature,
+        semantic_threshold=route.semantic_threshold,
+        semantic_max_entries=route.semantic_max_entries,
+        small_model=route.small_model.strip(),
+        downroute_threshold=route.downroute_threshold,
+        prompt_token_budget=route.prompt_token_budget or 0,
     )
 
 
