@@ -9,7 +9,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: setup run test lint bench migrate browser-deps clean
+.PHONY: setup run demo test lint bench migrate browser-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ migrate: setup
 
 run: migrate
 	$(BIN)/python -m config.run --port $(PORT)
+
+# A few minutes of mixed traffic against a running `make run` (in another terminal).
+demo: setup
+	$(BIN)/python -m bench.demo --url http://127.0.0.1:$(PORT)
 
 # Debian's Chromium drives the dashboard's browser tests (no browser downloads here).
 browser-deps:
