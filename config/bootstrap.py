@@ -1,4 +1,5 @@
-"""First-run set-up for `make run`: an admin, the simulated pool, a `default` route and a key.
+"""First-run set-up for `make run`: an admin, the simulated pool (a main and a small model), a
+`default` route with every cost step on, prices, and a key.
 
 Idempotent: it only creates what is missing, so later runs leave an operator's edits alone.
 """
@@ -28,20 +29,43 @@ def _bootstrap_key_file() -> Path:
     return settings.VAR_DIR / "bootstrap-api-key"
 
 
+# Illustrative prices, so that cost and savings show something until the operator enters real
+# ones: the baseline is the hosted model the team would otherwise call.
+BASELINE_MODEL = "gpt-4o"
+PRICES = {  # $ per 1M tokens, input / output
+    BASELINE_MODEL: ("2.50", "10.00"),
+}
+SIM_PRICES = ("0.20", "0.20"), ("0.05", "0.08")  # hosted equivalents: main model, small model
+SIM_GPU_USD_PER_HOUR = "1.20", "0.40"  # self-hosted cost: main model's servers, small model's
+
+
 @transaction.atomic
-def bootstrap(*, sim_urls: list[str]) -> BootstrapInfo:
+def bootstrap(*, pool) -> BootstrapInfo:
+    """`pool`: the simulated servers (`config.run.SimSpec`: name, url, model); the first one's
+    model is the main model, a different model among them the small one."""
     password = _admin_ensure()
+    main_model = pool[0].model if pool else settings.SLUICE_SIM_MODEL
+    small_model = next((s.model for s in pool if s.model != main_model), "")
     if not Backend.objects.exists():
-        for i, url in enumerate(sim_urls, start=1):
-            Backend.objects.create(name=f"sim-{i}", base_url=url, model=settings.SLUICE_SIM_MODEL)
+        for spec in pool:
+            small = spec.model == small_model
+            Backend.objects.create(
+                name=spec.name, base_url=spec.url, model=spec.model,
+                gpu_usd_per_hour=SIM_GPU_USD_PER_HOUR[small])
     if not Route.objects.exists():
-        model = Backend.objects.values_list("model", flat=True).first() or settings.SLUICE_SIM_MODEL
-        Route.objects.create(name="default", model=model)
-        # An illustrative hosted price, so that cost and savings show something until the
-        # operator enters real ones in the admin.
-        Price.objects.get_or_create(
-            model=model, defaults={"input_usd_per_1m": "0.05", "output_usd_per_1m": "0.08"}
-        )
+        model = Backend.objects.values_list("model", flat=True).first() or main_model
+        Route.objects.create(
+            name="default", model=model, baseline_model=BASELINE_MODEL,
+            cache_exact=True, cache_semantic=True, small_model=small_model,
+            prompt_token_budget=3000)
+        for name, (price_in, price_out) in PRICES.items():
+            Price.objects.get_or_create(
+                model=name, defaults={"input_usd_per_1m": price_in, "output_usd_per_1m": price_out})
+        for name, (price_in, price_out) in zip((main_model, small_model), SIM_PRICES,
+                                               strict=True):
+            if name:
+                Price.objects.get_or_create(model=name, defaults={
+                    "input_usd_per_1m": price_in, "output_usd_per_1m": price_out})
     return BootstrapInfo(admin_password=password, api_key=_first_key_ensure())
 
 

@@ -34,6 +34,25 @@ def say(message: str) -> None:
     print(f"sluice run: {message}", file=sys.stderr, flush=True)
 
 
+# The simulated models' speeds: the small one answers sooner and faster, as a 1B model would.
+MAIN_SPEED = ("--ttft-ms", "40", "--tokens-per-s", "80")
+SMALL_SPEED = ("--ttft-ms", "15", "--tokens-per-s", "250")
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    """One simulated vLLM server of the embedded pool and the backend row that points at it."""
+
+    name: str
+    port: int
+    model: str
+    speed: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 @dataclass(frozen=True)
 class RestartPolicy:
     """Exponential backoff: a child that keeps crashing is retried at 0.5, 1, 2 ... 30 s, so a
@@ -178,11 +197,11 @@ def main() -> int:
 
     from config.bootstrap import bootstrap
 
-    sim_ports = [settings.SLUICE_SIM_BASE_PORT + i for i in range(settings.SLUICE_SIM_BACKENDS)]
-    info = bootstrap(sim_urls=[f"http://127.0.0.1:{p}" for p in sim_ports])
+    pool = sim_pool(settings)
+    info = bootstrap(pool=pool)
 
     sup = Supervisor()
-    sims = [_simulator(i, port, settings.SLUICE_SIM_MODEL) for i, port in enumerate(sim_ports, 1)]
+    sims = [_simulator(spec) for spec in pool]
     web = _web(args.host, args.port)
     worker = _worker(settings.CELERY_BEAT_SCHEDULE_FILENAME)
     try:
@@ -202,11 +221,23 @@ def main() -> int:
     return 0
 
 
-def _simulator(index: int, port: int, model: str) -> Child:
-    """Simulator `sim-<index>`, named as bootstrap names its backend row."""
-    return Child(f"simulator sim-{index} (port {port})",
-                 ["-m", "simulator", "--port", str(port), "--model", model],
-                 stop_grace_s=5, health_url=f"http://127.0.0.1:{port}/health")
+def sim_pool(settings) -> list[SimSpec]:
+    """The embedded pool: SLUICE_SIM_BACKENDS servers of the main model from
+    SLUICE_SIM_BASE_PORT on, then one of the small, faster model on the next port."""
+    base = settings.SLUICE_SIM_BASE_PORT
+    pool = [SimSpec(f"sim-{i}", base + i - 1, settings.SLUICE_SIM_MODEL, MAIN_SPEED)
+            for i in range(1, settings.SLUICE_SIM_BACKENDS + 1)]
+    if settings.SLUICE_SIM_SMALL_MODEL:
+        pool.append(SimSpec("sim-small-1", base + len(pool), settings.SLUICE_SIM_SMALL_MODEL,
+                            SMALL_SPEED))
+    return pool
+
+
+def _simulator(spec: SimSpec) -> Child:
+    """A simulator, named as bootstrap names its backend row."""
+    return Child(f"simulator {spec.name} (port {spec.port})",
+                 ["-m", "simulator", "--port", str(spec.port), "--model", spec.model,
+                  *spec.speed], stop_grace_s=5, health_url=f"{spec.url}/health")
 
 
 def _web(host: str, port: int) -> Child:

@@ -199,5 +199,8 @@ SLUICE_CALL_RETENTION_DAYS = envint("SLUICE_CALL_RETENTION_DAYS", 30)
 SLUICE_SIM_BACKENDS = envint("SLUICE_SIM_BACKENDS", 2)
 SLUICE_SIM_BASE_PORT = envint("SLUICE_SIM_BASE_PORT", 8101)
 SLUICE_SIM_MODEL = envstr("SLUICE_SIM_MODEL", "sim-llama-3-8b")
+# A smaller, faster simulated model on the port after the pool's, for small-model routing
+# ("" leaves it out).
+SLUICE_SIM_SMALL_MODEL = envstr("SLUICE_SIM_SMALL_MODEL", "sim-llama-3-1b")
 # Past this many unwritten records (database down), the oldest are spooled to disk.
 SLUICE_LOG_MAX_PENDING = envint("SLUICE_LOG_MAX_PENDING", 100_000)

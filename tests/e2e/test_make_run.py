@@ -22,17 +22,24 @@ from simulator.process import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def two_free_consecutive_ports() -> int:
-    """config.run puts the pool on SLUICE_SIM_BASE_PORT and the port after it."""
+def free_consecutive_ports(count: int = 3) -> int:
+    """config.run puts the pool on SLUICE_SIM_BASE_PORT and the ports after it (two servers
+    of the main model, one of the small model)."""
     for _ in range(50):
         base = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", base + 1))
-                return base
-            except OSError:
-                continue
-    raise RuntimeError("no two consecutive free ports")
+        try:
+            for offset in range(1, count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+# The main simulated model by name: its calls skip the `default` route's cost steps (caches,
+# small-model routing), so the main pool's two servers serve every one of them.
+MAIN_MODEL = "sim-llama-3-8b"
 
 
 @dataclass
@@ -104,7 +111,7 @@ class MakeRun:
 def make_run_start(var_dir: Path, **env: str) -> MakeRun:
     """`make run` on free ports with its state under `var_dir`; returns once the banner is out."""
     environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    port, sim_base = free_port(), two_free_consecutive_ports()
+    port, sim_base = free_port(), free_consecutive_ports()
     environ.update(SLUICE_VAR_DIR=str(var_dir), SLUICE_SIM_BASE_PORT=str(sim_base),
                    SLUICE_ADMIN_PASSWORD="correct-horse", PORT=str(port),
                    SLUICE_LOG_FLUSH_INTERVAL_S="0.2", **env)
@@ -140,7 +147,7 @@ def test_make_run_serves_a_streamed_call_logs_it_and_stops_on_ctrl_c(make_run):
         model="default", messages=[{"role": "user", "content": "Hello"}], stream=True) if c.choices)
     assert text
     assert make_run.proc.poll() is None
-    assert len(make_run.pids("-m", "simulator")) == 2
+    assert len(make_run.pids("-m", "simulator")) == 3  # two main, one small
     assert make_run.pids("-m", "uvicorn") and make_run.pids("-m", "celery")
 
     make_run.stop()
@@ -155,4 +162,4 @@ def test_make_run_serves_a_streamed_call_logs_it_and_stops_on_ctrl_c(make_run):
     assert len(rows) == 1
     route, backend, status, completion_tokens = rows[0]
     assert (route, status) == ("default", 200)
-    assert backend in ("sim-1", "sim-2") and completion_tokens > 0
+    assert backend in ("sim-1", "sim-2", "sim-small-1") and completion_tokens > 0

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from config.run import Child, RestartPolicy
-from tests.e2e.test_make_run import MakeRun, make_run_start
+from tests.e2e.test_make_run import MAIN_MODEL, MakeRun, make_run_start
 
 # Fast enough that a restarted backend rejoins within a test: health probes every 0.5 s,
 # and an open breaker half-opens after 1 s.
@@ -134,7 +134,7 @@ def test_a_killed_simulator_comes_back_on_its_port_while_the_gateway_keeps_answe
 def backend_of(sdk: openai.OpenAI) -> str | None:
     """Which backend served one small call."""
     raw = sdk.chat.completions.with_raw_response.create(
-        model="default", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+        model=MAIN_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     return raw.headers.get("x-sluice-backend")
 
 
@@ -178,7 +178,7 @@ def call_once(sdk: openai.OpenAI, *, stream: bool) -> Outcome:
     started, backend, chunks = time.monotonic(), None, 0
     try:
         raw = sdk.chat.completions.with_raw_response.create(
-            model="default", messages=[{"role": "user", "content": "Count to ten."}],
+            model=MAIN_MODEL, messages=[{"role": "user", "content": "Count to ten."}],
             max_tokens=16, stream=stream)
         backend = raw.headers.get("x-sluice-backend")
         if not stream:
