@@ -12,7 +12,8 @@ class BackendAdmin(admin.ModelAdmin):
     list_editable = ["enabled"]
     search_fields = ["name", "model", "base_url"]
     fieldsets = [
-        (None, {"fields": ["name", "base_url", "model", "enabled", "weight", "max_concurrency"]}),
+        (None, {"fields": ["name", "base_url", "model", "enabled", "weight", "max_concurrency",
+                           "gpu_usd_per_hour"]}),
         ("Circuit breaker (blank: the SLUICE_BREAKER_* settings)", {
             "fields": ["breaker_failures", "breaker_error_rate", "breaker_cooldown_s"],
         }),
@@ -23,12 +24,17 @@ class BackendAdmin(admin.ModelAdmin):
 
 @admin.register(Route)
 class RouteAdmin(admin.ModelAdmin):
-    list_display = ["name", "model", "fallbacks", "baseline_model", "rpm_limit", "tpm_limit",
-                    "enabled"]
+    list_display = ["name", "model", "baseline_model", "small_model", "cache_exact",
+                    "cache_semantic", "fallbacks", "rpm_limit", "tpm_limit", "enabled"]
     list_editable = ["enabled"]
     search_fields = ["name", "model"]
     fieldsets = [
         (None, {"fields": ["name", "model", "baseline_model", "enabled"]}),
+        ("Saving money", {"fields": [
+            "cache_exact", "cache_semantic", "cache_ttl_s", "cache_nonzero_temperature",
+            "semantic_threshold", "semantic_max_entries", "small_model", "downroute_threshold",
+            "prompt_token_budget",
+        ]}),
         ("Failover", {"fields": ["fallbacks", "max_attempts"]}),
         ("Timeouts in seconds (blank: the SLUICE_UPSTREAM_*_TIMEOUT_S settings)", {
             "fields": ["connect_timeout_s", "ttfb_timeout_s", "idle_timeout_s",
