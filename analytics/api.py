@@ -9,6 +9,23 @@ from analytics.selectors import calls_recent, summary_compute
 router = Router(tags=["analytics"])
 
 
+class SavingsByCauseOut(Schema):
+    """Savings in $ by cause; they add up to `savings_usd` (any of them may be negative)."""
+
+    cache_exact: float = Field(description="Exact-cache hits: their whole baseline cost.")
+    cache_semantic: float = Field(description="Semantic-cache hits: their whole baseline cost.")
+    routing: float = Field(
+        description="Served by another model than the baseline: small-model down-routing, "
+        "or the route's own model or a fallback's (model choice)."
+    )
+    compression: float = Field(
+        description="Prompt tokens removed by compression, at the baseline's input price."
+    )
+    selfhost: float = Field(
+        description="The served model's hosted price minus the self-hosted GPU cost."
+    )
+
+
 class StatsOut(Schema):
     requests: int
     qps: float
@@ -22,7 +39,11 @@ class StatsOut(Schema):
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    baseline_cost_usd: float = Field(
+        description="The same tokens before any saving, at the route's baseline model's price."
+    )
     savings_usd: float = Field(description="Baseline cost minus actual cost.")
+    savings_by_cause: SavingsByCauseOut
 
 
 class RouteStatsOut(StatsOut):
@@ -48,7 +69,7 @@ class CallsFilter(Schema):
 
 @router.get("/stats/summary", response=SummaryOut)
 def stats_summary(request, minutes: int = Query(15, ge=1, le=7 * 24 * 60)):
-    """Pool-wide and per-route traffic, latency, errors, cache and cost."""
+    """Pool-wide and per-route traffic, latency, errors, cache, cost and savings by cause."""
     return summary_compute(minutes=minutes)
 
 
