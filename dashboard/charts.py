@@ -1,4 +1,5 @@
-"""Series rows (from `analytics.selectors.series_compute`) → plotly figures, one per chart.
+"""Series rows (from `analytics.selectors.series_compute`) and the summary's per-route rows
+(`summary_compute()["by_route"]`) → plotly figures, one per chart.
 
 Pure functions: no database, no request. The page and /dashboard/data.json hand the figures
 to plotly.js as JSON, which draws them with `Plotly.react`, so nothing is built in templates.
@@ -16,6 +17,16 @@ Rows = Sequence[dict[str, Any]]
 
 # Colours shared with the page's CSS, so a series keeps its colour from chart to chart.
 BLUE, ORANGE, RED, GREEN, GREY = "#2563eb", "#ea580c", "#dc2626", "#16a34a", "#94a3b8"
+PURPLE, TEAL = "#7c3aed", "#0d9488"
+
+# Savings cause (a key of `savings_by_cause`) → legend name and colour, in stacking order.
+CAUSES: list[tuple[str, str, str]] = [
+    ("cache_exact", "exact cache", BLUE),
+    ("cache_semantic", "semantic cache", TEAL),
+    ("routing", "routing", ORANGE),
+    ("compression", "compression", PURPLE),
+    ("selfhost", "self-hosting", GREEN),
+]
 
 
 def _utc(t: datetime) -> str:
@@ -93,6 +104,21 @@ def tokens_figure(rows: Rows) -> go.Figure:
     return _figure(rows, traces, y_title="tokens", barmode="stack", bargap=0.15)
 
 
+def savings_figure(routes: Rows) -> go.Figure:
+    """Savings by cause per route, stacked; a negative part (a GPU dearer than the hosted
+    price, a fallback to a dearer model) stacks below zero rather than hiding in the total."""
+    names = [r["route"] or "(none)" for r in routes]
+    traces = [
+        go.Bar(x=names, y=[r["savings_by_cause"][cause] for r in routes], name=label,
+               marker_color=color, hovertemplate="$%{y:,.4f}")
+        for cause, label, color in CAUSES
+    ]
+    fig = _figure((), traces, y_title="$", barmode="relative", bargap=0.3)
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(zeroline=True, zerolinecolor=GREY)
+    return fig
+
+
 # Chart name → builder; the name is also the chart's element id on the page (`chart-<name>`).
 CHARTS: dict[str, tuple[str, Callable[[Rows], go.Figure]]] = {
     "qps": ("Requests per second", qps_figure),
@@ -103,6 +129,16 @@ CHARTS: dict[str, tuple[str, Callable[[Rows], go.Figure]]] = {
 }
 
 
-def figures_build(rows: Rows) -> dict[str, dict[str, Any]]:
-    """Every chart as a JSON-able {data, layout} dict, keyed by chart name."""
-    return {name: json.loads(build(rows).to_json()) for name, (_, build) in CHARTS.items()}
+# The same, for charts drawn from the summary's per-route rows rather than the time series.
+ROUTE_CHARTS: dict[str, tuple[str, Callable[[Rows], go.Figure]]] = {
+    "savings": ("Savings by cause per route ($)", savings_figure),
+}
+
+
+def figures_build(rows: Rows, routes: Rows = ()) -> dict[str, dict[str, Any]]:
+    """Every chart as a JSON-able {data, layout} dict, keyed by chart name: the series charts
+    from `rows`, the per-route charts from `routes`."""
+    figures = {name: json.loads(build(rows).to_json()) for name, (_, build) in CHARTS.items()}
+    for name, (_, build) in ROUTE_CHARTS.items():
+        figures[name] = json.loads(build(routes).to_json())
+    return figures

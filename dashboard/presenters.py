@@ -40,12 +40,13 @@ KPIS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("cache-hit-rate", "Cache hit rate", lambda s: _pct(s["cache_hit_rate"])),
     ("tokens", "Tokens (prompt / completion)",
      lambda s: f"{_int(s['prompt_tokens'])} / {_int(s['completion_tokens'])}"),
+    ("baseline", "Baseline cost", lambda s: _usd(s["baseline_cost_usd"])),
     ("cost", "Cost", lambda s: _usd(s["cost_usd"])),
     ("savings", "Savings", lambda s: _usd(s["savings_usd"])),
 ]
 
 ROUTE_COLUMNS = ["Route", "Requests", "QPS", "P50", "P99", "TTFT P99", "Errors", "Cache hits",
-                 "Tokens", "Cost", "Savings"]
+                 "Tokens", "Baseline", "Cost", "Savings"]
 CALL_COLUMNS = ["Time (UTC)", "Route", "Model", "Backend", "Status", "Cache", "Latency", "TTFT",
                 "Tokens", "Cost"]
 
@@ -58,7 +59,8 @@ def routes_build(summary: dict[str, Any]) -> list[list[str]]:
     return [
         [r["route"] or "(none)", _int(r["requests"]), f"{r['qps']:.2f}", _ms(r["p50_ms"]),
          _ms(r["p99_ms"]), _ms(r["ttft_p99_ms"]), _pct(r["error_rate"]), _pct(r["cache_hit_rate"]),
-         _int(r["prompt_tokens"] + r["completion_tokens"]), _usd(r["cost_usd"]),
+         _int(r["prompt_tokens"] + r["completion_tokens"]), _usd(r["baseline_cost_usd"]),
+         _usd(r["cost_usd"]),
          _usd(r["savings_usd"])]
         for r in summary["by_route"]
     ]

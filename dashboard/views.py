@@ -22,7 +22,8 @@ def dashboard_data(*, minutes: int = WINDOW_MINUTES) -> dict[str, Any]:
     calls = list(calls_recent(limit=presenters.RECENT_CALLS))
     return {
         "summary": summary,
-        "figures": charts.figures_build(series_compute(minutes=minutes, bucket_s=BUCKET_S)),
+        "figures": charts.figures_build(series_compute(minutes=minutes, bucket_s=BUCKET_S),
+                                        summary["by_route"]),
         "calls": presenters.calls_serialize(calls),
         "view": {
             "kpis": presenters.kpis_build(summary),
@@ -39,7 +40,8 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/overview.html", {
         "data": data,
         "view": data["view"],
-        "charts": [(name, title) for name, (title, _) in charts.CHARTS.items()],
+        "charts": [(name, title) for name, (title, _)
+                   in (charts.CHARTS | charts.ROUTE_CHARTS).items()],
         "route_columns": presenters.ROUTE_COLUMNS,
         "call_columns": presenters.CALL_COLUMNS,
         "minutes": WINDOW_MINUTES,

@@ -11,7 +11,7 @@ from tests.factories import calls_create
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHARTS = ("qps", "latency", "ttft", "errors", "tokens")
+CHARTS = ("qps", "latency", "ttft", "errors", "tokens", "savings")
 SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "screenshots"
 
 

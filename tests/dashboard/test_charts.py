@@ -69,7 +69,7 @@ def test_it_puts_the_bucket_starts_on_the_x_axis_as_utc():
 
 def test_it_returns_every_chart_as_json_able_dicts():
     figures = charts.figures_build(ROWS)
-    assert set(figures) == {"qps", "latency", "ttft", "errors", "tokens"}
+    assert set(figures) == {"qps", "latency", "ttft", "errors", "tokens", "savings"}
     p99 = next(t for t in figures["latency"]["data"] if t["name"] == "P99")
     assert p99["y"] == [300.0, None, 410.0]
     assert figures["qps"]["layout"]["height"] > 0
@@ -84,3 +84,41 @@ def test_it_draws_an_empty_window_without_failing():
 def test_it_shows_the_whole_window_with_half_a_bucket_to_spare():
     xaxis = charts.figures_build(ROWS)["latency"]["layout"]["xaxis"]
     assert xaxis["range"] == ["2025-01-01 11:59:45", "2025-01-01 12:01:15"]
+
+
+def route(name: str, **causes: float) -> dict:
+    by_cause = dict.fromkeys(("cache_exact", "cache_semantic", "routing", "compression",
+                              "selfhost"), 0.0)
+    return {"route": name, "savings_by_cause": by_cause | causes}
+
+
+ROUTES = [
+    route("default", cache_exact=0.025, cache_semantic=0.005, routing=0.046, compression=0.01),
+    route("own", routing=0.32, selfhost=-0.04),
+]
+
+
+def test_it_stacks_the_savings_of_each_cause_per_route():
+    fig = charts.savings_figure(ROUTES)
+
+    assert fig.layout.barmode == "relative"  # negatives stack below zero
+    assert [t.name for t in fig.data] == ["exact cache", "semantic cache", "routing",
+                                          "compression", "self-hosting"]
+    assert all(list(t.x) == ["default", "own"] for t in fig.data)
+    assert list(trace(fig, "exact cache").y) == [0.025, 0.0]
+    assert list(trace(fig, "semantic cache").y) == [0.005, 0.0]
+    assert list(trace(fig, "routing").y) == [0.046, 0.32]
+    assert list(trace(fig, "compression").y) == [0.01, 0.0]
+    assert list(trace(fig, "self-hosting").y) == [0.0, -0.04]
+    assert fig.layout.xaxis.type == "category"
+
+
+def test_figures_build_draws_the_savings_from_the_route_rows():
+    figures = charts.figures_build(ROWS, ROUTES)
+
+    routing = next(t for t in figures["savings"]["data"] if t["name"] == "routing")
+    assert routing["y"] == [0.046, 0.32]
+
+
+def test_it_draws_savings_for_no_routes_without_failing():
+    assert all(list(t.x) == [] for t in charts.savings_figure([]).data)

@@ -45,7 +45,7 @@ def test_it_serves_the_plotly_bundle_itself(client):
 
 def test_it_has_a_container_for_each_chart(admin_client):
     html = admin_client.get("/dashboard/").content.decode()
-    for name in ("qps", "latency", "ttft", "errors", "tokens"):
+    for name in ("qps", "latency", "ttft", "errors", "tokens", "savings"):
         assert f'id="chart-{name}"' in html
 
 
@@ -87,7 +87,7 @@ def test_data_json_counts_the_calls_of_the_window(admin_client):
 def test_data_json_carries_the_figures_with_the_new_calls(admin_client):
     calls_create(2, latency_ms=250.0)
     figures = admin_client.get("/dashboard/data.json").json()["figures"]
-    assert set(figures) == {"qps", "latency", "ttft", "errors", "tokens"}
+    assert set(figures) == {"qps", "latency", "ttft", "errors", "tokens", "savings"}
     p99 = next(t for t in figures["latency"]["data"] if t["name"] == "P99")
     assert 250.0 in p99["y"]
     assert len(p99["y"]) == 30  # 15 minutes of 30 s buckets
@@ -103,3 +103,24 @@ def test_data_json_lists_the_latest_call_first(admin_client):
 def test_data_json_is_never_cached(admin_client):
     response = admin_client.get("/dashboard/data.json")
     assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
+
+
+def test_it_charts_the_savings_by_cause_of_each_route(admin_client):
+    from decimal import Decimal
+
+    call_create(route="default", cache="exact", cost_usd=Decimal(0),
+                baseline_cost_usd=Decimal("0.025"), saved_cache_usd=Decimal("0.025"))
+    call_create(route="own", cost_usd=Decimal("0.006"), baseline_cost_usd=Decimal("0.1"),
+                saved_routing_usd=Decimal("0.08"), saved_selfhost_usd=Decimal("0.014"))
+    html = admin_client.get("/dashboard/").content.decode()
+    data = admin_client.get("/dashboard/data.json").json()
+
+    assert 'id="chart-savings"' in html and "Savings by cause per route" in html
+    traces = {t["name"]: t for t in data["figures"]["savings"]["data"]}
+    assert traces["exact cache"]["x"] == ["default", "own"]
+    assert traces["exact cache"]["y"] == [0.025, 0.0]
+    assert traces["self-hosting"]["y"] == [0.0, 0.014]
+    assert data["summary"]["savings_by_cause"]["routing"] == 0.08
+    kpis = {k["key"]: k["value"] for k in data["view"]["kpis"]}
+    assert kpis["baseline"] == "$0.1250"
+    assert kpis["savings"] == "$0.1190"
