@@ -96,6 +96,11 @@ def calls_serialize(calls: Iterable[Call]) -> list[dict[str, Any]]:
             "cache": call.cache, "latency_ms": call.latency_ms, "ttft_ms": call.ttft_ms,
             "retries": call.retries, "fallback_used": call.fallback_used,
             "cost_usd": float(call.cost_usd), "baseline_cost_usd": float(call.baseline_cost_usd),
+            "decision": call.decision, "prompt_tokens_saved": call.prompt_tokens_saved,
+            "saved_cache_usd": float(call.saved_cache_usd),
+            "saved_routing_usd": float(call.saved_routing_usd),
+            "saved_compression_usd": float(call.saved_compression_usd),
+            "saved_selfhost_usd": float(call.saved_selfhost_usd),
         }
         for call in calls
     ]

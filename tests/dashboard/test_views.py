@@ -124,3 +124,5 @@ def test_it_charts_the_savings_by_cause_of_each_route(admin_client):
     kpis = {k["key"]: k["value"] for k in data["view"]["kpis"]}
     assert kpis["baseline"] == "$0.1250"
     assert kpis["savings"] == "$0.1190"
+    own = next(c for c in data["calls"] if c["route"] == "own")
+    assert (own["saved_routing_usd"], own["saved_selfhost_usd"]) == (0.08, 0.014)
