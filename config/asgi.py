@@ -42,6 +42,7 @@ BARE_PATHS = ("/v1/", "/health", "/ready", "/tokenize", "/detokenize")
 
 from analytics.recorder import recorder  # noqa: E402
 from proxy.background import config_refresh_loop, health_loop  # noqa: E402
+from proxy.cache import cache_close  # noqa: E402
 from proxy.ratelimit import limits_close  # noqa: E402
 from proxy.snapshot import snapshot_reload  # noqa: E402
 from proxy.upstream import session_close  # noqa: E402
@@ -95,6 +96,7 @@ class LifespanApp:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await session_close()
         await limits_close()  # pending token settlements, then the Redis pool
+        await cache_close()  # pending cache stores, then the Redis pool
         await sync_to_async(recorder.stop, thread_sensitive=False)()
         logger.info("shut down; call log flushed")
 

@@ -183,6 +183,10 @@ SLUICE_KEY_TPM_LIMIT = envint("SLUICE_KEY_TPM_LIMIT", 0)
 # Input limits operators may want to change (OpenAI's own: n <= 128).
 SLUICE_MAX_N = envint("SLUICE_MAX_N", 128)
 SLUICE_MAX_TOKENS_LIMIT = envint("SLUICE_MAX_TOKENS_LIMIT", 131072)
+# Exact cache (on per route in the admin): the largest answer stored, and how many entries the
+# in-process store keeps when REDIS_URL is not set (least recently used out first).
+SLUICE_CACHE_MAX_ENTRY_BYTES = envint("SLUICE_CACHE_MAX_ENTRY_BYTES", 1_048_576)
+SLUICE_CACHE_LOCAL_MAX_ENTRIES = envint("SLUICE_CACHE_LOCAL_MAX_ENTRIES", 10_000)
 SLUICE_UPSTREAM_MAX_CONNECTIONS = envint("SLUICE_UPSTREAM_MAX_CONNECTIONS", 1000)
 # How often each process re-reads keys, routes, backends and prices from the database.
 SLUICE_CONFIG_REFRESH_S = envfloat("SLUICE_CONFIG_REFRESH_S", 5.0)

@@ -51,7 +51,7 @@ class CallLog:
         self.fallback_used = False
         self.queue_ms: float | None = None
         self.grant: Grant | None = None
-        self.cache = "miss"  # miss | exact | semantic | bypass | skipped
+        self.cache = "bypass"  # bypass (not looked up) | miss | exact | semantic | skipped
         self.decision = ""  # small-model routing: small | primary | forced | ""
         self.decision_score: float | None = None
         self.prompt_tokens_saved = 0  # removed by prompt compression

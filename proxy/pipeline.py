@@ -4,7 +4,7 @@
 2. validate the body             (schemas, validation: OpenAI-shaped 400s)
 3. resolve the route             (routing; auth: the key may use it, else 403)
 4. rate limit                    (ratelimit: RPM and TPM per key and per route)
-5. cost steps                    (later: cache, semantic, classifier, compression)
+5. cost steps                    (cache: exact; semantic; later: classifier, compression)
 6. pick a backend, send, retry   (failover + pool: breaker, slots and queue, timeouts,
                                   retries before the first byte, the fallback chain)
 7. relay                         (bytes passed through; a broken stream ends with an error event)
@@ -19,20 +19,25 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
-from proxy import sse
+from proxy import replay, sse
 from proxy.accounting import CallLog
 from proxy.auth import key_authenticate, route_permit
+from proxy.cache import ENDPOINTS as CACHE_ENDPOINTS
+from proxy.cache import CachePlan, cache_lookup, cache_plan, cache_store, cacheable_answer
 from proxy.endpoints import Endpoint
 from proxy.errors import ApiError, error_body
 from proxy.failover import Opened, upstream_open
-from proxy.ratelimit import limits_take, tokens_estimate
+from proxy.ratelimit import limits_settle, limits_take, tokens_estimate
 from proxy.routing import route_resolve
 from proxy.schemas import body_parse, body_read, wants_stream, wants_usage_chunk
+from proxy.semantic import SemanticHit, semantic_lookup, semantic_store
 from proxy.snapshot import Snapshot, snapshot_current
 
 logger = logging.getLogger("sluice.proxy")
@@ -49,11 +54,25 @@ async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpRespo
         body = body_parse(body_read(request), endpoint=endpoint)
         log.requested_model = body["model"]
         log.stream = wants_stream(body, endpoint)
-        log.route = route_resolve(body["model"], snapshot)
-        route_permit(log.key, log.route)
-        log.grant = await limits_take(
-            log.key, log.route, tokens=tokens_estimate(body, endpoint=endpoint.name)
+        route = log.route = route_resolve(body["model"], snapshot)
+        route_permit(log.key, route)
+        log.grant = await limits_take(  # a cached answer still counts against the key's RPM
+            log.key, route, tokens=tokens_estimate(body, endpoint=endpoint.name)
         )
+        # 5. Cost steps. Caches first: exact, then semantic. A route with neither pays one
+        # attribute test here, and its record says cache="bypass".
+        caching = None
+        if route.cache_exact or route.cache_semantic:
+            caching = cache_plan(route, body, endpoint=endpoint.name,
+                                 cache_control=request.headers.get("Cache-Control"))
+            if caching is not None:
+                cached = await _cache_lookup(caching, log, body, endpoint)
+                if cached is not None:
+                    return _cached_serve(cached, log, body, snapshot)
+        # 5b. Small-model routing goes here (the decision, `log.decision`).
+        # 5c. Prompt compression goes here (`log.prompt_tokens_saved`).
+        # Steps from here on must not change `body` in place: on a miss the caches store the
+        # answer under the request as the app sent it (`caching`, and `body` for semantic).
         opened = await upstream_open(log, snapshot, endpoint, body)
     except ApiError as exc:
         log.fail(exc.status, exc.code or exc.type)
@@ -76,6 +95,7 @@ async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpRespo
         relay = _stream_relay(
             opened, log, snapshot,
             strip_usage_chunk=endpoint.usage_chunk and not wants_usage_chunk(body),
+            keep=_Keep(caching, body, endpoint) if caching is not None and caching.store else None,
         )
         weakref.finalize(relay, _stream_dropped, upstream, log, snapshot)
         response = StreamingHttpResponse(relay, content_type="text/event-stream")
@@ -88,6 +108,8 @@ async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpRespo
                 response = await _upstream_error_relay(upstream, log)
             else:
                 response = await _body_relay(upstream, log)
+                if caching is not None and caching.store:
+                    _Keep(caching, body, endpoint).answer(log, response.content)
     except TimeoutError:
         upstream.close()
         log.fail(504, "upstream_timeout")
@@ -137,12 +159,16 @@ async def _stream_relay(
     snapshot: Snapshot,
     *,
     strip_usage_chunk: bool,
+    keep: _Keep | None,
 ) -> AsyncIterator[bytes]:
     """Forward whole SSE events as they arrive (starting with those read ahead while the
     attempt could still be retried), read usage on the way, and close the books however the
-    stream ends: done, broken upstream, or the client hanging up."""
+    stream ends: done, broken upstream, or the client hanging up. With `keep` (a caching
+    route), the backend's bytes are also kept aside, to be cached once the stream is over."""
     upstream = opened.response
     pending = opened.first
+    raw = [pending] if keep is not None else None
+    room = settings.SLUICE_CACHE_MAX_ENTRY_BYTES * 4  # SSE framing is ~2-4x the answer's JSON
     # The route's total timeout: one timer per stream (not a clock read per chunk) that cuts
     # the upstream connection, which the read below then reports.
     expired = []
@@ -166,9 +192,16 @@ async def _stream_relay(
             if not chunk:
                 break
             pending += chunk
+            if raw is not None:
+                raw.append(chunk)
+                room -= len(chunk)
+                if room < 0:  # too long to cache: stop keeping it
+                    raw = None
         if pending.strip():
             yield pending
         upstream.release()
+        if raw is not None:  # the app has every byte by now: assemble the answer and keep it
+            keep.stream(log, raw)
     except (TimeoutError, aiohttp.ClientError) as exc:
         log.fail(502, "upstream_stream_error")
         why = "the route's total timeout expired" if expired else repr(exc)
@@ -181,6 +214,81 @@ async def _stream_relay(
         expiry.cancel()
         upstream.close()  # a no-op once released; otherwise it cancels the upstream request
         log.finish(snapshot)
+
+
+async def _cache_lookup(plan: CachePlan, log: CallLog, body: dict[str, Any],
+                        endpoint: Endpoint) -> dict[str, Any] | None:
+    """The exact cache, then the semantic one: a stored answer (parsed), or None. Sets
+    `log.cache` to what happened."""
+    if not plan.lookup:  # Cache-Control: no-cache: answer afresh (and store it)
+        return None
+    log.cache = "miss"
+    if plan.key is not None:
+        stored = await cache_lookup(plan.key)
+        answer = replay.answer_parse(stored) if stored is not None else None
+        if answer is not None:
+            log.cache = "exact"
+            return answer
+    if plan.semantic:
+        found = await semantic_lookup(log.route, body, endpoint=endpoint.name)
+        if isinstance(found, SemanticHit):
+            answer = replay.answer_parse(found.answer)
+            if answer is not None:
+                log.cache = "semantic"
+                return answer
+        else:
+            log.cache = found  # "miss", or "skipped" when the embedder could not look
+    return None
+
+
+def _cached_serve(answer: dict[str, Any], log: CallLog, body: dict[str, Any],
+                  snapshot: Snapshot) -> HttpResponse:
+    """A cached answer in the shape asked for. No backend, no backend tokens; the record
+    keeps the tokens the answer would have cost (pricing zeroes its cost by `log.cache`)."""
+    log.served_model = log.route.model
+    log.usage_take(answer.get("usage"))
+    limits_settle(log.grant, tokens=0)  # TPM guards the pool's capacity: a hit used none
+    if log.stream:
+        payload = replay.stream_replay(answer, include_usage=wants_usage_chunk(body))
+        response = HttpResponse(payload, content_type="text/event-stream")
+        for name, value in STREAM_HEADERS.items():
+            response[name] = value
+        log.first_token()
+    else:
+        response = HttpResponse(replay.body_replay(answer), content_type="application/json")
+    log.finish(snapshot)
+    return _tagged(response, log)
+
+
+class _Keep:
+    """Stores a miss's answer in the caches that apply, if it is complete and successful (a
+    200 with every choice finished, no error event, served by the route's own model: a
+    fallback's answer is not the route's). Never fails the call."""
+
+    __slots__ = ("plan", "body", "endpoint")
+
+    def __init__(self, plan: CachePlan, body: dict[str, Any], endpoint: Endpoint) -> None:
+        self.plan, self.body, self.endpoint = plan, body, endpoint
+
+    def stream(self, log: CallLog, raw: list[bytes]) -> None:
+        if not log.error_type:
+            assembled = replay.stream_assemble(b"".join(raw))
+            if assembled is not None:
+                self.answer(log, assembled)
+
+    def answer(self, log: CallLog, answer: bytes) -> None:
+        if log.status_code != 200 or log.error_type or log.fallback_used:
+            return
+        try:
+            if cacheable_answer(answer) is None:
+                return
+            route = log.route
+            if self.plan.key is not None:
+                cache_store(self.plan.key, answer, ttl_s=route.cache_ttl_s)
+            if self.plan.semantic:
+                semantic_store(route, self.body, endpoint=self.endpoint.name, answer=answer)
+        except Exception:  # a cache that fails must not fail a call already served
+            logger.exception("request %s: storing its answer failed", log.request_id)
 
 
 def _stream_dropped(upstream: aiohttp.ClientResponse, log: CallLog, snapshot: Snapshot) -> None:
@@ -196,6 +304,8 @@ def _tagged(response: HttpResponseBase, log: CallLog) -> HttpResponseBase:
     response["x-request-id"] = log.request_id
     if log.route is not None:
         response["x-sluice-route"] = log.route.name
+        if log.endpoint in CACHE_ENDPOINTS:
+            response["x-sluice-cache"] = log.cache
     if log.backend:
         response["x-sluice-backend"] = log.backend
     if log.retries:
