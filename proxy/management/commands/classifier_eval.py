@@ -19,8 +19,9 @@ DEFAULT_DATA = Path(settings.BASE_DIR) / "tests" / "data" / "routing_prompts.jso
 
 
 def examples_load(path: Path) -> list[dict]:
-    """The labelled prompts: one JSON object a line with `label` ("easy" | "hard"), `body`
-    and `endpoint` (default chat/completions)."""
+    """The labelled prompts: one JSON object a line with `label` ("easy" | "hard"), `body`,
+    `endpoint` (default chat/completions) and optionally `split` ("tune": used while choosing
+    the weights; "holdout": written after they were frozen, to measure how they generalise)."""
     rows = []
     with path.open(encoding="utf-8") as lines:
         for n, line in enumerate(lines, 1):
@@ -63,6 +64,12 @@ class Command(BaseCommand):
         self.stdout.write(f"{len(rows)} prompts ({hard} hard, {len(rows) - hard} easy) "
                           f"from {data}")
         self._report(evaluate(scored, threshold=threshold))
+        splits = sorted({r["split"] for r in rows if "split" in r})
+        for split in splits if len(splits) > 1 else ():
+            part = [s for r, s in zip(rows, scored, strict=True) if r.get("split") == split]
+            ev = evaluate(part, threshold=threshold)
+            self.stdout.write(f"  {split} ({ev.total}): accuracy {ev.accuracy:.3f}, hard "
+                              f"precision {ev.precision_hard:.3f}, recall {ev.recall_hard:.3f}")
         best = threshold_best(scored)
         self.stdout.write(f"best threshold on this set: {best.threshold:.2f} "
                           f"(accuracy {best.accuracy:.3f})")
