@@ -36,8 +36,10 @@ TokenCounter = Callable[[str], int]
 _FENCE = "```"
 # 3+ line breaks in a row (the blank lines between may hold spaces)
 _BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
-_INNER_SPACES = re.compile(r"(?<=\S)[ \t]{2,}|(?<=\S)\t")  # a run after text, not indentation
-_TRAILING_SPACES = re.compile(r"[ \t]+(?=\n)")
+_SPACE_RUNS = re.compile(r"[ \t]{2,}|\t")  # indentation (at a line's start) is kept: _run_collapse
+_TRAILING_SPACES = re.compile(r"[ \t]+\n")
+# Text without any of these has nothing to collapse (most text): skip the regular expressions.
+_MARKS = ("  ", "\t", " \n", "\n\n\n")
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
@@ -72,9 +74,18 @@ def whitespace_collapse(text: str) -> str:
 
 
 def _collapse(text: str) -> str:
-    text = _TRAILING_SPACES.sub("", text)
+    if not any(mark in text for mark in _MARKS):
+        return text
+    text = _TRAILING_SPACES.sub("\n", text)
     text = _BLANK_LINES.sub("\n\n", text)
-    return _INNER_SPACES.sub(" ", text)
+    return _SPACE_RUNS.sub(_run_collapse, text)
+
+
+def _run_collapse(match: re.Match[str]) -> str:
+    start = match.start()
+    if start == 0 or match.string[start - 1] == "\n":
+        return match.group(0)  # indentation
+    return " "
 
 
 # --- completions -----------------------------------------------------------------------------
@@ -98,34 +109,33 @@ def _chat_compress(body: dict[str, Any], budget: int,
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return body, 0
-    sizes = [_message_tokens(m, count) for m in messages]
-    before = sum(sizes)
+    before = sum(_message_tokens(m, count) for m in messages)
     if before <= budget:
         return body, 0
-
-    messages = [_message_collapse(m) for m in messages]
-    sizes = [_message_tokens(m, count) for m in messages]
-    if sum(sizes) > budget:
-        messages, sizes = _turns_drop(messages, sizes, budget)
-    after = sum(sizes)
-    return {**body, "messages": messages}, max(0, before - after)
+    kept, after = _turns_fit(messages, budget, count)
+    return {**body, "messages": kept}, max(0, before - after)
 
 
-def _turns_drop(messages: list[Any], sizes: list[int],
-                budget: int) -> tuple[list[Any], list[int]]:
-    """Keep system/developer messages and the latest whole turns that fit (at least the last)."""
-    pinned = [i for i, m in enumerate(messages) if _role(m) in _SYSTEM_ROLES]
-    room = budget - sum(sizes[i] for i in pinned)
-    turns = _turns(messages)
-    keep_from = len(messages)
-    for n, (start, end) in enumerate(reversed(turns)):
-        cost = sum(sizes[i] for i in range(start, end) if _role(messages[i]) not in _SYSTEM_ROLES)
+def _turns_fit(messages: list[Any], budget: int,
+               count: TokenCounter) -> tuple[list[Any], int]:
+    """(the messages to send, their tokens): system/developer messages and the latest whole
+    turns that fit once whitespace-collapsed (at least the last turn). Turns are collapsed
+    newest first: those older than the first that does not fit are never looked at again."""
+    out: dict[int, Any] = {}
+    room = budget
+    for i, message in enumerate(messages):
+        if _role(message) in _SYSTEM_ROLES:
+            out[i] = _message_collapse(message)
+            room -= _message_tokens(out[i], count)
+    for n, (start, end) in enumerate(reversed(_turns(messages))):
+        turn = {i: _message_collapse(messages[i]) for i in range(start, end)
+                if _role(messages[i]) not in _SYSTEM_ROLES}
+        cost = sum(_message_tokens(m, count) for m in turn.values())
         if n > 0 and cost > room:
             break  # stop at the first turn that does not fit: the kept turns stay contiguous
         room -= cost
-        keep_from = start
-    kept = [i for i in range(len(messages)) if i >= keep_from or i in pinned]
-    return [messages[i] for i in kept], [sizes[i] for i in kept]
+        out.update(turn)
+    return [out[i] for i in sorted(out)], budget - room
 
 
 def _turns(messages: list[Any]) -> list[tuple[int, int]]:
