@@ -250,9 +250,13 @@ def _web(host: str, port: int) -> Child:
 
 
 def _worker(schedule_file: str) -> Child:
-    """The Celery worker with embedded beat (one process for `make run`'s whole workload)."""
+    """The Celery worker with embedded beat (one process for `make run`'s whole workload):
+    the default queue and the batch API's (SLUICE_BATCH_QUEUE)."""
+    from django.conf import settings
+
     return Child("Celery worker", [
         "-m", "celery", "-A", "config", "--quiet", "worker", "-B", "--pool=solo",
+        "-Q", f"celery,{settings.SLUICE_BATCH_QUEUE}",
         "--loglevel=WARNING", "--schedule", str(schedule_file),
     ], stop_grace_s=15)
 

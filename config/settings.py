@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "proxy",
     "analytics",
     "dashboard",
+    "batch",
 ]
 
 # For the admin, the dashboard and the ops API. /v1/* bypasses them (see config/asgi.py).
@@ -208,3 +209,12 @@ SLUICE_SIM_MODEL = envstr("SLUICE_SIM_MODEL", "sim-llama-3-8b")
 SLUICE_SIM_SMALL_MODEL = envstr("SLUICE_SIM_SMALL_MODEL", "sim-llama-3-1b")
 # Past this many unwritten records (database down), the oldest are spooled to disk.
 SLUICE_LOG_MAX_PENDING = envint("SLUICE_LOG_MAX_PENDING", 100_000)
+
+# --- Batch API (batch/) --------------------------------------------------------------------
+# /v1/files and /v1/batches: the largest uploaded file, the Celery queue its tasks
+# go to, requests in flight at once per batch, and how long to wait before looking again
+# while a backend of the batch's model has requests waiting (vLLM's num_requests_waiting).
+SLUICE_BATCH_MAX_FILE_BYTES = envint("SLUICE_BATCH_MAX_FILE_BYTES", 100 * 1024 * 1024)
+SLUICE_BATCH_QUEUE = envstr("SLUICE_BATCH_QUEUE", "batch")
+SLUICE_BATCH_CONCURRENCY = envint("SLUICE_BATCH_CONCURRENCY", 4)
+SLUICE_BATCH_BACKOFF_S = envfloat("SLUICE_BATCH_BACKOFF_S", 1.0)
