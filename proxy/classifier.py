@@ -375,3 +375,21 @@ def threshold_best(scored: list[tuple[float, bool]]) -> Evaluation:
     """The threshold (in steps of 0.01) with the best accuracy; ties go to the one nearest 0.5."""
     candidates = [evaluate(scored, threshold=t / 100) for t in range(1, 100)]
     return max(candidates, key=lambda e: (e.accuracy, -abs(e.threshold - 0.5)))
+
+
+def weights_fit(examples: list[tuple[Features, bool]], *, l2: float = 0.01,
+                steps: int = 3000, rate: float = 0.5) -> tuple[Features, float]:
+    """(weights, bias) of a logistic regression over the same features, fitted to labelled
+    examples (True: hard) by gradient descent with a little L2 (numpy; offline only, for
+    `classifier_eval --fit`: compare it with the hand-set weights before adopting it)."""
+    import numpy as np
+
+    x = np.array([[getattr(f, n) for n in FEATURE_NAMES] for f, _ in examples], dtype=float)
+    y = np.array([1.0 if hard else 0.0 for _, hard in examples])
+    w = np.zeros(x.shape[1])
+    b = 0.0
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(x @ w + b)))
+        w -= rate * (x.T @ (p - y) / len(y) + l2 * w)
+        b -= rate * float(np.mean(p - y))
+    return Features(*(float(v) for v in w)), b

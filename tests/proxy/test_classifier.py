@@ -3,7 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.classifier import Decision, decide, difficulty, evaluate, features_extract
+from proxy.classifier import (
+    FEATURE_NAMES,
+    Decision,
+    Features,
+    decide,
+    difficulty,
+    evaluate,
+    features_extract,
+    score_of,
+    weights_fit,
+)
 from proxy.management.commands.classifier_eval import examples_load, examples_score
 
 CHAT = "chat/completions"
@@ -119,3 +129,15 @@ def test_the_labelled_set_is_large_varied_and_classified_well_at_the_default_thr
 def test_the_threshold_is_counted_as_hard():
     ev = evaluate([(0.5, True), (0.5, False), (0.2, False), (0.2, True)], threshold=0.5)
     assert (ev.true_hard, ev.false_hard, ev.true_easy, ev.false_easy) == (1, 1, 1, 1)
+
+
+def test_a_fitted_model_learns_which_features_mean_hard():
+    def example(code: float, light_edit: float, hard: bool):
+        zero = dict.fromkeys(FEATURE_NAMES, 0.0)
+        return Features(**{**zero, "code": code, "light_edit": light_edit}), hard
+
+    examples = [example(1.0, 0.0, True), example(0.8, 0.0, True),
+                example(0.0, 1.0, False), example(0.1, 0.0, False)] * 5
+    weights, bias = weights_fit(examples)
+    assert weights.code > 0 > weights.light_edit
+    assert all((score_of(f, weights, bias) >= 0.5) == hard for f, hard in examples)

@@ -13,7 +13,16 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from proxy.classifier import Evaluation, difficulty, evaluate, threshold_best
+from proxy.classifier import (
+    FEATURE_NAMES,
+    Evaluation,
+    difficulty,
+    evaluate,
+    features_extract,
+    score_of,
+    threshold_best,
+    weights_fit,
+)
 
 DEFAULT_DATA = Path(settings.BASE_DIR) / "tests" / "data" / "routing_prompts.jsonl"
 
@@ -49,8 +58,11 @@ class Command(BaseCommand):
                             help="JSONL of labelled prompts (tests/data/routing_prompts.jsonl)")
         parser.add_argument("--errors", action="store_true",
                             help="list the prompts scored on the wrong side")
+        parser.add_argument("--fit", action="store_true",
+                            help="also fit a logistic regression over the same features on the "
+                                 "'tune' prompts and compare it on the 'holdout' ones")
 
-    def handle(self, *args, threshold: float, data: Path, errors: bool, **options):
+    def handle(self, *args, threshold: float, data: Path, errors: bool, fit: bool, **options):
         if not 0.0 <= threshold <= 1.0:
             raise CommandError("--threshold must be between 0 and 1")
         try:
@@ -74,6 +86,8 @@ class Command(BaseCommand):
         self.stdout.write(f"best threshold on this set: {best.threshold:.2f} "
                           f"(accuracy {best.accuracy:.3f})")
         self.stdout.write(f"cost: {self._cost_us(rows):.1f} us per difficulty() call (mean)")
+        if fit:
+            self._fit_compare(rows, threshold)
         if errors:
             for row, (score, is_hard) in zip(rows, scored, strict=True):
                 if (score >= threshold) != is_hard:
@@ -87,6 +101,27 @@ class Command(BaseCommand):
         self.stdout.write("                 scored easy  scored hard")
         self.stdout.write(f"  labelled easy  {ev.true_easy:11d}  {ev.false_hard:11d}")
         self.stdout.write(f"  labelled hard  {ev.false_easy:11d}  {ev.true_hard:11d}")
+
+    def _fit_compare(self, rows: list[dict], threshold: float) -> None:
+        def features(split: str) -> list:
+            return [(features_extract(r["body"], endpoint=r.get("endpoint", "chat/completions")),
+                     r["label"] == "hard") for r in rows if r.get("split", "tune") == split]
+
+        tune, holdout = features("tune"), features("holdout")
+        if not tune:
+            raise CommandError("--fit needs prompts with split 'tune' (or no split)")
+        weights, bias = weights_fit(tune)
+        self.stdout.write(f"fitted on 'tune': bias {bias:+.2f}, " + ", ".join(
+            f"{n} {getattr(weights, n):+.2f}" for n in FEATURE_NAMES))
+        for name, part in (("tune", tune), ("holdout", holdout)):
+            if not part:
+                continue
+            fitted = evaluate([(score_of(f, weights, bias), h) for f, h in part],
+                              threshold=threshold)
+            hand = evaluate([(score_of(f), h) for f, h in part], threshold=threshold)
+            self.stdout.write(f"  {name} ({len(part)}): fitted accuracy {fitted.accuracy:.3f} "
+                              f"(recall {fitted.recall_hard:.3f}), hand-set "
+                              f"{hand.accuracy:.3f} (recall {hand.recall_hard:.3f})")
 
     def _cost_us(self, rows: list[dict]) -> float:
         bodies = [(r["body"], r.get("endpoint", "chat/completions")) for r in rows]
