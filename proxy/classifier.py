@@ -66,10 +66,11 @@ MAX_TOKENS_FULL = 4000
 # Keyword features scan at most the latest SCAN_TAIL_CHARS characters of the conversation
 # (the question is at the end), plus the first SCAN_HEAD_CHARS of the message cut there (where
 # "Summarise this:" or "Why does this crash?" sits above a long paste). It bounds the cost:
-# substring checks run at ~0.6 ns per character each, and there are ~100 of them.
+# each substring check runs at ~0.6 ns per character, and there are ~60 of them.
 SCAN_TAIL_CHARS = 1500
 SCAN_HEAD_CHARS = 500
-# Hits at which each keyword feature saturates (one reasoning word is a hint; three, a request)
+# Hits at which each keyword feature saturates: one strong reasoning word is a request for
+# reasoning; code and maths take a few distinct signs, since one stray symbol proves little.
 CODE_HITS_FULL = 3
 MATHS_HITS_FULL = 2
 REASONING_HITS_FULL = 1  # strong words; a weak one counts half
@@ -219,6 +220,7 @@ def score_of(features: Features, weights: Features = WEIGHTS, bias: float = BIAS
 
 
 def features_extract(body: dict[str, Any], *, endpoint: str) -> Features:
+    """The features of a request body, each in [0, 1]."""
     texts, user_turns = _conversation(body, endpoint)
     chars = sum(len(t) for t in texts)
     scan = _window(texts)

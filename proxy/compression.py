@@ -163,12 +163,20 @@ def _message_tokens(message: Any, count: TokenCounter) -> int:
         for part in content:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 tokens += count(part["text"])
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            tokens += count(str(function.get("name") or "")) + count(
-                str(function.get("arguments") or ""))
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            if isinstance(call, dict):
+                tokens += _function_tokens(call.get("function"), count)
+    if "function_call" in message:  # the legacy single-call field
+        tokens += _function_tokens(message["function_call"], count)
     return tokens
+
+
+def _function_tokens(function: Any, count: TokenCounter) -> int:
+    if not isinstance(function, dict):
+        return 0
+    return count(str(function.get("name") or "")) + count(str(function.get("arguments") or ""))
 
 
 def _message_collapse(message: Any) -> Any:
