@@ -210,6 +210,21 @@ SLUICE_SIM_SMALL_MODEL = envstr("SLUICE_SIM_SMALL_MODEL", "sim-llama-3-1b")
 # Past this many unwritten records (database down), the oldest are spooled to disk.
 SLUICE_LOG_MAX_PENDING = envint("SLUICE_LOG_MAX_PENDING", 100_000)
 
+# --- Semantic cache (proxy/semantic.py, proxy/embedder.py, proxy/nearmiss.py) ---------------
+# Cosine similarity a stored question must reach before the near-miss check looks at it; a
+# route's own semantic_threshold overrides it. From `manage.py semantic_eval` on
+# tests/data/semantic_pairs.jsonl (target: false hits <= 0.5 %): the sweep's pick is 0.72;
+# 0.80 keeps a margin for near-misses the check does not know, at 3.5 points of hit rate
+# (the held-out pairs hit as often at both). See the README's "Semantic cache".
+SLUICE_SEMANTIC_THRESHOLD = envfloat("SLUICE_SEMANTIC_THRESHOLD", 0.80)
+# Embedder threads, and the jobs that may wait for them before a lookup is skipped instead.
+SLUICE_SEMANTIC_THREADS = envint("SLUICE_SEMANTIC_THREADS", 1)
+SLUICE_SEMANTIC_MAX_WAITING = envint("SLUICE_SEMANTIC_MAX_WAITING", 4)
+# Candidates above the threshold that the near-miss check looks at, best first.
+SLUICE_SEMANTIC_CANDIDATES = envint("SLUICE_SEMANTIC_CANDIDATES", 5)
+# How often each process pulls entries other processes stored (Redis), in seconds.
+SLUICE_SEMANTIC_SYNC_S = envfloat("SLUICE_SEMANTIC_SYNC_S", 1.0)
+
 # --- Batch API (batch/) --------------------------------------------------------------------
 # /v1/files and /v1/batches: the largest uploaded file, the Celery queue its tasks
 # go to, requests in flight at once per batch, and how long to wait before looking again
