@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -54,6 +55,8 @@ ENDPOINTS = {"/v1/chat/completions": endpoints.CHAT, "/v1/completions": endpoint
 RETRY_STATUSES = frozenset({429, 503})
 RETRY_ATTEMPTS = 4
 CHECKPOINT_S = 1.0  # how often progress is saved and a cancel looked for
+# One sample of the gauge: its exact name, any labels, the value.
+_WAITING = re.compile(r"^vllm:num_requests_waiting(?:\{[^}]*\})?[ \t]+(\S+)", re.MULTILINE)
 LOAD_TTL_S = 0.2  # a scrape of the pool's load serves the lines dispatched within this long
 _factory = RequestFactory()
 
@@ -62,15 +65,13 @@ _factory = RequestFactory()
 def waiting_parse(text: str) -> float | None:
     """vLLM's `vllm:num_requests_waiting` from a /metrics page (summed over its label sets),
     or None when the page has no such sample."""
-    total, found = 0.0, False
-    for line in text.splitlines():
-        if line.startswith("vllm:num_requests_waiting"):
-            try:
-                total += float(line.rsplit(None, 1)[-1])
-            except ValueError:
-                continue
-            found = True
-    return total if found else None
+    values = []
+    for match in _WAITING.finditer(text):
+        try:
+            values.append(float(match.group(1)))
+        except ValueError:
+            continue
+    return sum(values) if values else None
 
 
 def backoff_needed(waiting: Iterable[float | None]) -> bool:
