@@ -185,6 +185,11 @@ async def _stream_relay(
             if cut >= 0:
                 block, pending = pending[: cut + 2], pending[cut + 2 :]
                 out = sse.events_scan(block, log, strip_usage_chunk=strip_usage_chunk)
+                if raw is not None and sse.DONE in block:
+                    # The answer is complete: hand it over before the app gets [DONE], as an
+                    # app that hangs up at [DONE] may cancel this generator at any later point.
+                    keep.stream(log, raw)
+                    raw = None
                 if out:
                     log.first_token()
                     yield out
@@ -200,8 +205,6 @@ async def _stream_relay(
         if pending.strip():
             yield pending
         upstream.release()
-        if raw is not None:  # the app has every byte by now: assemble the answer and keep it
-            keep.stream(log, raw)
     except (TimeoutError, aiohttp.ClientError) as exc:
         log.fail(502, "upstream_stream_error")
         why = "the route's total timeout expired" if expired else repr(exc)
@@ -260,6 +263,9 @@ def _cached_serve(answer: dict[str, Any], log: CallLog, body: dict[str, Any],
     return _tagged(response, log)
 
 
+_keeping: set[asyncio.Task] = set()  # streamed answers being assembled for the caches
+
+
 class _Keep:
     """Stores a miss's answer in the caches that apply, if it is complete and successful (a
     200 with every choice finished, no error event, served by the route's own model: a
@@ -271,14 +277,31 @@ class _Keep:
         self.plan, self.body, self.endpoint = plan, body, endpoint
 
     def stream(self, log: CallLog, raw: list[bytes]) -> None:
-        if not log.error_type:
-            assembled = replay.stream_assemble(b"".join(raw))
-            if assembled is not None:
-                self.answer(log, assembled)
+        """A streamed answer is assembled into the stored form in a task of its own, in
+        slices: off the stream's path, and never a long stall for the other streams."""
+        if self._worth_keeping(log):  # judged now: the app may hang up once it has [DONE]
+            task = asyncio.get_running_loop().create_task(self._assemble(log, b"".join(raw)))
+            _keeping.add(task)
+            task.add_done_callback(_keeping.discard)
+
+    async def _assemble(self, log: CallLog, raw: bytes) -> None:
+        try:
+            assembled = await replay.stream_assemble_sliced(raw)
+        except Exception:  # a bug of ours: no entry, and say so
+            logger.exception("request %s: assembling its answer failed", log.request_id)
+            return
+        if assembled is not None:
+            self._store(log, assembled)
 
     def answer(self, log: CallLog, answer: bytes) -> None:
-        if log.status_code != 200 or log.error_type or log.fallback_used:
-            return
+        if self._worth_keeping(log):
+            self._store(log, answer)
+
+    @staticmethod
+    def _worth_keeping(log: CallLog) -> bool:
+        return log.status_code == 200 and not log.error_type and not log.fallback_used
+
+    def _store(self, log: CallLog, answer: bytes) -> None:
         try:
             if cacheable_answer(answer) is None:
                 return

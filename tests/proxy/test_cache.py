@@ -108,7 +108,8 @@ def settle(store) -> None:
     just after the app has read its last event)."""
     time.sleep(0.05)
     deadline = time.monotonic() + 5
-    while getattr(store, "_tasks", None) and time.monotonic() < deadline:
+    while ((pipeline._keeping or getattr(store, "_tasks", None))
+           and time.monotonic() < deadline):
         time.sleep(0.01)
 
 
@@ -554,3 +555,17 @@ def test_a_semantic_hit_is_served_and_recorded_as_such(sdk, gateway, monkeypatch
     assert headers["x-sluice-cache"] == "semantic"
     assert text == first.choices[0].message.content
     assert [c.cache for c in flush_calls()] == ["miss", "semantic"]
+
+
+def test_a_long_stream_is_assembled_in_slices_to_the_same_answer():
+    events = [chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                      "finish_reason": None}])]
+    events += [chunk([{"index": 0, "delta": {"content": f"w{i} "}, "logprobs": None,
+                       "finish_reason": None}]) for i in range(3 * replay.SLICE_EVENTS + 5)]
+    events += [chunk([{"index": 0, "delta": {}, "finish_reason": "length"}]),
+               chunk([], usage=USAGE)]
+    raw = sse(*events)
+    sliced = asyncio.run(replay.stream_assemble_sliced(raw))
+    assert sliced == replay.stream_assemble(raw)
+    content = orjson.loads(sliced)["choices"][0]["message"]["content"]
+    assert content.startswith("w0 w1 ") and content.endswith(f"w{3 * replay.SLICE_EVENTS + 4} ")
