@@ -117,7 +117,8 @@ class Results:
     request_ids: list[str] = field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
-    cancelled: bool = False
+    dispatched: int = 0  # lines sent so far (in input order)
+    stopped: str = ""  # why dispatching stopped early: "cancelled" or "expired"
 
 
 def batch_run(*, batch_id: int) -> str:
@@ -128,7 +129,7 @@ def batch_run(*, batch_id: int) -> str:
             status=Status.CANCELLED, cancelled_at=now):
         return Status.CANCELLED  # cancelled before any worker took it
     if not Batch.objects.filter(pk=batch_id, status=Status.VALIDATING).update(
-            status=Status.IN_PROGRESS, in_progress_at=now):
+            status=Status.IN_PROGRESS, in_progress_at=now, heartbeat_at=now):
         return ""
     batch = Batch.objects.get(pk=batch_id)
     snapshot = snapshot_reload()
@@ -149,6 +150,8 @@ def batch_run(*, batch_id: int) -> str:
     results = async_to_sync(lines_run)(batch_id=batch.pk, lines=lines, endpoint=endpoint,
                                        token=token, backends=_backends(batch.model, snapshot))
     _calls_mark(results.request_ids, endpoint)
+    if results.stopped == "expired":
+        _expired_lines(lines[results.dispatched:], results)
     return _finish(batch, results)
 
 
@@ -170,13 +173,15 @@ async def lines_run(*, batch_id: int, lines: list[tuple[int, dict[str, Any]]],
                     endpoint: Endpoint, token: str,
                     backends: Sequence[BackendInfo]) -> Results:
     """Dispatch the lines in order, at most SLUICE_BATCH_CONCURRENCY at once, each only once
-    the pool has room; stop dispatching when the batch is cancelled."""
+    the pool has room; stop dispatching when the batch is cancelled or expires."""
     results = Results()
     stop = asyncio.Event()
     slots = asyncio.Semaphore(settings.SLUICE_BATCH_CONCURRENCY)
     gauge = LoadGauge(backends)
     running: set[asyncio.Task] = set()
     watcher = asyncio.create_task(_watch(batch_id, results, stop))
+    if await sync_to_async(_progress_save)(batch_id, results):  # expired while queued
+        stop.set()
     try:
         for number, line in lines:
             await slots.acquire()
@@ -184,6 +189,7 @@ async def lines_run(*, batch_id: int, lines: list[tuple[int, dict[str, Any]]],
                 slots.release()
                 break
             task = asyncio.create_task(_line_run(number, line, endpoint, token, results))
+            results.dispatched += 1
             running.add(task)
             task.add_done_callback(lambda t: (running.discard(t), slots.release()))
         if running:
@@ -194,7 +200,6 @@ async def lines_run(*, batch_id: int, lines: list[tuple[int, dict[str, Any]]],
         await session_close()
         await limits_close()
         await cache_close()
-    results.cancelled = stop.is_set()
     return results
 
 
@@ -211,7 +216,7 @@ async def _room_wait(gauge: LoadGauge, stop: asyncio.Event) -> bool:
 
 
 async def _watch(batch_id: int, results: Results, stop: asyncio.Event) -> None:
-    """Save progress every CHECKPOINT_S and notice a cancel."""
+    """Save progress every CHECKPOINT_S; notice a cancel, or the end of the window."""
     save = sync_to_async(_progress_save)
     while True:
         await asyncio.sleep(CHECKPOINT_S)
@@ -220,12 +225,19 @@ async def _watch(batch_id: int, results: Results, stop: asyncio.Event) -> None:
             return
 
 
-def _progress_save(batch_id: int, results: Results) -> bool:
-    """Store the counts so far; True if the batch is being cancelled."""
+def _progress_save(batch_id: int, results: Results) -> str:
+    """Store the counts so far and the worker's heartbeat; say why to stop, if it should."""
+    now = timezone.now()
     Batch.objects.filter(pk=batch_id).update(
         request_completed=len(results.ok), request_failed=len(results.failed),
-        input_tokens=results.input_tokens, output_tokens=results.output_tokens)
-    return Batch.objects.filter(pk=batch_id, status=Status.CANCELLING).exists()
+        input_tokens=results.input_tokens, output_tokens=results.output_tokens,
+        heartbeat_at=now)
+    status, expires_at = Batch.objects.values_list("status", "expires_at").get(pk=batch_id)
+    if status == Status.CANCELLING:
+        results.stopped = "cancelled"
+    elif expires_at is not None and now >= expires_at:
+        results.stopped = "expired"
+    return results.stopped
 
 
 async def _line_run(number: int, line: dict[str, Any], endpoint: Endpoint, token: str,
@@ -290,24 +302,44 @@ def _calls_mark(request_ids: list[str], endpoint: Endpoint) -> None:
 
 
 def _finish(batch: Batch, results: Results) -> str:
-    """in_progress -> finalizing -> completed (or cancelling -> cancelled), with the files."""
+    """in_progress -> finalizing -> completed, cancelling -> cancelled, or expired; with the
+    output and error files. A batch taken from this worker meanwhile (batches_recover thought
+    it dead) is left as it is."""
     now = timezone.now()
-    finalizing = Batch.objects.filter(pk=batch.pk, status=Status.IN_PROGRESS).update(
-        status=Status.FINALIZING, finalizing_at=now)
-    cancelled = results.cancelled or not finalizing
+    if Batch.objects.filter(pk=batch.pk, status=Status.IN_PROGRESS).update(
+            status=Status.FINALIZING, finalizing_at=now):
+        final, stamp = ((Status.EXPIRED, "expired_at") if results.stopped == "expired"
+                        else (Status.COMPLETED, "completed_at"))
+        current = Status.FINALIZING
+    elif Batch.objects.filter(pk=batch.pk, status=Status.CANCELLING).exists():
+        final, stamp, current = Status.CANCELLED, "cancelled_at", Status.CANCELLING
+    else:
+        logger.warning("batch %s changed hands while it ran; its results are dropped",
+                       batch.public_id)
+        return ""
     with transaction.atomic():
         output = _results_file(batch, results.ok, "output")
         errors = _results_file(batch, results.failed, "error")
-        done = timezone.now()
-        final = Status.CANCELLED if cancelled else Status.COMPLETED
-        Batch.objects.filter(pk=batch.pk).update(
+        Batch.objects.filter(pk=batch.pk, status=current).update(
             status=final, output_file_id=output, error_file_id=errors,
             request_completed=len(results.ok), request_failed=len(results.failed),
             input_tokens=results.input_tokens, output_tokens=results.output_tokens,
-            **({"cancelled_at": done} if cancelled else {"completed_at": done}))
+            heartbeat_at=None, **{stamp: timezone.now()})
     logger.info("batch %s %s: %d ok, %d failed", batch.public_id, final, len(results.ok),
                 len(results.failed))
     return final
+
+
+def _expired_lines(lines: list[tuple[int, dict[str, Any]]], results: Results) -> None:
+    """Lines never sent before the window closed: error lines, as OpenAI writes them."""
+    for number, line in lines:
+        results.failed.append((number, orjson.dumps({
+            "id": "batch_req_" + secrets.token_hex(12), "custom_id": line["custom_id"],
+            "response": None,
+            "error": {"code": "batch_expired",
+                      "message": "This request could not be executed before the completion "
+                                 "window expired."},
+        }) + b"\n"))
 
 
 def _results_file(batch: Batch, rows: list[tuple[int, bytes]], kind: str) -> str:

@@ -6,6 +6,8 @@ Every function takes the caller's key (`KeyInfo`); a key sees only its own files
 """
 from __future__ import annotations
 
+import functools
+import logging
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from batch.models import Batch, File
@@ -22,6 +25,9 @@ from proxy.snapshot import KeyInfo
 # The endpoints a batch may target, as OpenAI names them.
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 COMPLETION_WINDOW = "24h"
+# A running batch's worker saves its progress every second; this long without it means dead.
+STALE_S = 300.0
+logger = logging.getLogger("sluice.batch")
 Status = Batch.Status
 ACTIVE = (Status.VALIDATING, Status.IN_PROGRESS)
 
@@ -264,6 +270,31 @@ def batch_cancel(*, key: KeyInfo, batch_id: str) -> Batch:
         raise ApiError(409, f"Batch {batch_id} is {batch.status} and cannot be cancelled.",
                        code="batch_not_cancellable")
     return batch
+
+
+def batches_recover(*, stale_s: float = STALE_S) -> int:
+    """Beat: batches whose worker stopped sending its heartbeat (it died, or was killed) are
+    queued again, from the start (a line may then run twice), or expired when past their
+    window; those that were being cancelled are cancelled; queued ones past their window
+    expire. Returns how many batches it moved."""
+    now = timezone.now()
+    stale = Q(heartbeat_at__lt=now - timedelta(seconds=stale_s))
+    past = Q(expires_at__lte=now)
+    running = Batch.objects.filter(stale, status__in=(Status.IN_PROGRESS, Status.FINALIZING))
+    moved = running.filter(past).update(status=Status.EXPIRED, expired_at=now, heartbeat_at=None)
+    moved += Batch.objects.filter(past, status=Status.VALIDATING).update(
+        status=Status.EXPIRED, expired_at=now)
+    moved += Batch.objects.filter(stale, status=Status.CANCELLING).update(
+        status=Status.CANCELLED, cancelled_at=now, heartbeat_at=None)
+    for pk in running.values_list("pk", flat=True):
+        if Batch.objects.filter(stale, pk=pk, status__in=(Status.IN_PROGRESS,
+                                                          Status.FINALIZING)).update(
+                status=Status.VALIDATING, in_progress_at=None, finalizing_at=None,
+                heartbeat_at=None):
+            logger.warning("batch %s: its worker went quiet; queued again", pk)
+            transaction.on_commit(functools.partial(batch_enqueue, batch_id=pk))
+            moved += 1
+    return moved
 
 
 # --- pagination -----------------------------------------------------------------------------

@@ -16,4 +16,6 @@ app.autodiscover_tasks()
 app.conf.beat_schedule = {
     # Drop call rows older than SLUICE_CALL_RETENTION_DAYS, a bounded batch per run.
     "calls-retention": {"task": "analytics.tasks.calls_retention", "schedule": 600.0},
+    # Batches whose worker died are queued again (or expired past their 24 h window).
+    "batches-recover": {"task": "batch.tasks.batches_recover", "schedule": 60.0},
 }
