@@ -42,7 +42,8 @@ class Embedder:
         self._loading = False
         self._pending = 0
         self._executor = ThreadPoolExecutor(max_workers=threads,
-                                            thread_name_prefix="sluice-embed")
+                                            thread_name_prefix="sluice-embed",
+                                            initializer=_one_torch_thread)
         self.load_error: str | None = None
         self.load_seconds: float | None = None
 
@@ -111,6 +112,13 @@ class Embedder:
     def _done(self, _future: Future | None) -> None:
         with self._lock:
             self._pending -= 1
+
+
+def _one_torch_thread() -> None:
+    """torch's intra-op thread count is per thread (OpenMP): set it in each worker too."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _load_model():
