@@ -33,19 +33,21 @@ from batch.models import Batch, File
 from batch.services import Status, file_save, lines_parse
 from proxy import endpoints
 from proxy.auth import MASTER
+from proxy.cache import cache_close
 from proxy.endpoints import Endpoint
 from proxy.models import key_hash
 from proxy.pipeline import proxy_handle
 from proxy.ratelimit import limits_close
 from proxy.routing import route_resolve
-from proxy.snapshot import BackendInfo, KeyInfo, Snapshot, snapshot_key_accept, snapshot_reload
+from proxy.snapshot import (
+    BackendInfo,
+    KeyInfo,
+    Snapshot,
+    snapshot_key_accept,
+    snapshot_key_forget,
+    snapshot_reload,
+)
 from proxy.upstream import session_close, session_get
-
-try:  # the exact cache's per-loop Redis client, closed with the loop (proxy/cache.py)
-    from proxy.cache import cache_close
-except ImportError:  # a checkout from before the exact cache
-    async def cache_close() -> None:
-        return None
 
 logger = logging.getLogger("sluice.batch")
 
@@ -58,6 +60,7 @@ CHECKPOINT_S = 1.0  # how often progress is saved and a cancel looked for
 # One sample of the gauge: its exact name, any labels, the value.
 _WAITING = re.compile(r"^vllm:num_requests_waiting(?:\{[^}]*\})?[ \t]+(\S+)", re.MULTILINE)
 LOAD_TTL_S = 0.2  # a scrape of the pool's load serves the lines dispatched within this long
+# Django's own request builder: the pipeline reads only the method, headers and body.
 _factory = RequestFactory()
 
 
@@ -137,9 +140,6 @@ def batch_run(*, batch_id: int) -> str:
     if key is None:
         _fail(batch, code="invalid_api_key", message="The batch's API key no longer exists.")
         return Status.FAILED
-    token = "sk-sluice-batch-" + secrets.token_urlsafe(24)
-    snapshot_key_accept(key_hash(token), key)
-    recorder.start()  # idempotent; the worker's call-log writer
     content = File.objects.filter(public_id=batch.input_file_id).values_list(
         "content", flat=True).first()
     if content is None:
@@ -147,8 +147,17 @@ def batch_run(*, batch_id: int) -> str:
         return Status.FAILED
     endpoint = ENDPOINTS[batch.endpoint]
     lines = lines_parse(bytes(content))
-    results = async_to_sync(lines_run)(batch_id=batch.pk, lines=lines, endpoint=endpoint,
-                                       token=token, backends=_backends(batch.model, snapshot))
+    recorder.start()  # idempotent; the worker's call-log writer
+    # The key's secret was never stored: this run's lines carry a random token of its own,
+    # which this process accepts as the batch's key until the run ends.
+    token = "sk-sluice-batch-" + secrets.token_urlsafe(24)
+    snapshot_key_accept(key_hash(token), key)
+    try:
+        results = async_to_sync(lines_run)(batch_id=batch.pk, lines=lines, endpoint=endpoint,
+                                           token=token,
+                                           backends=_backends(batch.model, snapshot))
+    finally:
+        snapshot_key_forget(key_hash(token))
     _calls_mark(results.request_ids, endpoint)
     if results.stopped == "expired":
         _expired_lines(lines[results.dispatched:], results)

@@ -105,6 +105,8 @@ class Snapshot:
 
 
 _current = Snapshot()
+# Secrets accepted on top of the tables' keys (snapshot_key_accept), by hash.
+_extra_keys: dict[str, KeyInfo] = {}
 
 
 def snapshot_current() -> Snapshot:
@@ -194,7 +196,7 @@ def snapshot_reload() -> Snapshot:
     from django.db import DatabaseError, close_old_connections
 
     try:
-        _current = snapshot_build()
+        _current = _with_extra_keys(snapshot_build())
     except DatabaseError as exc:
         logger.warning("config reload failed, keeping the last snapshot: %s", exc)
         close_old_connections()
@@ -202,11 +204,26 @@ def snapshot_reload() -> Snapshot:
 
 
 def snapshot_key_accept(token_hash: str, key: KeyInfo) -> None:
-    """Let this process accept one more secret (by its hash) as `key`, until the next reload.
+    """Let this process accept one more secret (by its hash) as `key`, reloads included,
+    until `snapshot_key_forget`.
 
     For work done on a key's behalf by a process that never saw its secret: the batch worker
     sends each line through the request path under a random token of its own."""
     global _current
-    keys = dict(_current.keys_by_hash)
-    keys[token_hash] = key
-    _current = replace(_current, keys_by_hash=MappingProxyType(keys))
+    _extra_keys[token_hash] = key
+    _current = _with_extra_keys(_current)
+
+
+def snapshot_key_forget(token_hash: str) -> None:
+    global _current
+    if _extra_keys.pop(token_hash, None) is not None:
+        keys = dict(_current.keys_by_hash)
+        keys.pop(token_hash, None)
+        _current = replace(_current, keys_by_hash=MappingProxyType(keys))
+
+
+def _with_extra_keys(snapshot: Snapshot) -> Snapshot:
+    if not _extra_keys:
+        return snapshot
+    return replace(snapshot, keys_by_hash=MappingProxyType({**snapshot.keys_by_hash,
+                                                            **_extra_keys}))

@@ -12,7 +12,12 @@ from django.db import connection
 from batch import runner
 from batch.models import Batch
 from proxy.models import Price
-from proxy.snapshot import snapshot_reload
+from proxy.snapshot import (
+    snapshot_current,
+    snapshot_key_accept,
+    snapshot_key_forget,
+    snapshot_reload,
+)
 from tests.batch.lines import jsonl, request_line, results
 from tests.conftest import SIM_MODEL
 
@@ -116,3 +121,24 @@ def test_a_batch_whose_key_was_deleted_fails(sdk, pool):
 
     assert _run(batch) == "failed"
     assert Batch.objects.get(public_id=batch.id).errors[0]["code"] == "invalid_api_key"
+
+
+def test_the_runs_token_is_accepted_across_reloads_until_forgotten(pool):
+    key = next(iter(snapshot_current().keys_by_hash.values()))
+
+    snapshot_key_accept("token-hash", key)
+    snapshot_reload()
+    assert snapshot_current().keys_by_hash["token-hash"] == key
+
+    snapshot_key_forget("token-hash")
+    assert "token-hash" not in snapshot_current().keys_by_hash
+    snapshot_reload()
+    assert "token-hash" not in snapshot_current().keys_by_hash
+
+
+def test_a_finished_run_leaves_no_token_behind(sdk):
+    before = dict(snapshot_current().keys_by_hash)
+
+    _run(_create(sdk, [request_line("a", "hi")]))
+
+    assert dict(snapshot_current().keys_by_hash) == before
