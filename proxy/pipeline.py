@@ -167,8 +167,9 @@ async def _stream_relay(
     route), the backend's bytes are also kept aside, to be cached once the stream is over."""
     upstream = opened.response
     pending = opened.first
-    raw = [pending] if keep is not None else None
-    room = settings.SLUICE_CACHE_MAX_ENTRY_BYTES * 4  # SSE framing is ~2-4x the answer's JSON
+    raw, room = None, 0
+    if keep is not None:  # SSE framing is ~2-4x the answer's JSON
+        raw, room = [pending], settings.SLUICE_CACHE_MAX_ENTRY_BYTES * 4
     # The route's total timeout: one timer per stream (not a clock read per chunk) that cuts
     # the upstream connection, which the read below then reports.
     expired = []

@@ -569,3 +569,17 @@ def test_a_long_stream_is_assembled_in_slices_to_the_same_answer():
     assert sliced == replay.stream_assemble(raw)
     content = orjson.loads(sliced)["choices"][0]["message"]["content"]
     assert content.startswith("w0 w1 ") and content.endswith(f"w{3 * replay.SLICE_EVENTS + 4} ")
+
+
+def test_a_streamed_miss_with_two_choices_is_served_whole_as_json(sdk, cached):
+    fields = {"model": "default", "messages": MESSAGES, "temperature": 0, "max_tokens": 8, "n": 2}
+    texts = {0: "", 1: ""}
+    for part in sdk.chat.completions.create(**fields, stream=True):
+        for choice in part.choices:
+            texts[choice.index] += choice.delta.content or ""
+    settle(cached)
+    raw = sdk.chat.completions.with_raw_response.create(**fields)
+    assert raw.headers["x-sluice-cache"] == "exact"
+    answer = raw.parse()
+    assert {c.index: c.message.content for c in answer.choices} == texts
+    assert all(c.finish_reason for c in answer.choices)
