@@ -142,3 +142,17 @@ def test_a_finished_run_leaves_no_token_behind(sdk):
     _run(_create(sdk, [request_line("a", "hi")]))
 
     assert dict(snapshot_current().keys_by_hash) == before
+
+
+def test_an_embeddings_batch_runs_on_its_endpoint(sdk, flush_calls):
+    lines = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": "default", "input": f"text {i}"}} for i in range(2)]
+    upload = sdk.files.create(file=jsonl(lines), purpose="batch")
+    batch = sdk.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings",
+                               completion_window="24h")
+
+    assert _run(batch) == "completed"
+
+    out = results(sdk, sdk.batches.retrieve(batch.id).output_file_id)
+    assert [line["response"]["body"]["data"][0]["object"] for line in out] == ["embedding"] * 2
+    assert {c.endpoint for c in flush_calls()} == {"batch:embeddings"}
