@@ -167,6 +167,11 @@ class IndexSet:
         self.start_sync()
         return index
 
+    def forget(self, route: str) -> None:
+        """Drop this process's copy of a route's index (the Redis stream stays)."""
+        with self._lock:
+            self._indexes.pop(route, None)
+
     def add(self, route: str, vector: np.ndarray, *, key: int, question: str, answer: bytes,
             ttl_s: float, max_entries: int) -> None:
         index = self.get(route, max_entries=max_entries)

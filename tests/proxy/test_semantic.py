@@ -16,10 +16,11 @@ from django.core.management import call_command
 
 from proxy import semantic
 from proxy.embedder import DIM, Embedder, Saturated, embedder_get
+from proxy.models import Route
 from proxy.nearmiss import near_miss
 from proxy.semantic import MISS, SKIPPED, SemanticHit, semantic_lookup, semantic_store
 from proxy.semantic_index import PREFIX, IndexSet, RouteIndex
-from proxy.snapshot import RouteInfo
+from proxy.snapshot import RouteInfo, snapshot_reload
 
 ANSWER = b'{"object":"chat.completion","choices":[{"message":{"content":"stored"}}]}'
 
@@ -253,3 +254,40 @@ def test_the_eval_command_meets_the_target_on_the_shipped_pairs(embedder, capsys
     assert "false-hit rate 0.00%" in setting or "false-hit rate 0.5" in setting
     hit_rate = float(setting.split("hit rate ")[1].split("%")[0])
     assert hit_rate >= 50.0
+
+
+# --- through the gateway ----------------------------------------------------------------------
+@pytest.fixture
+def semantic_default(gateway, embedder):
+    """The `default` route with the semantic cache on, its index empty before and after."""
+    store_key = PREFIX + "default"
+    redis.Redis.from_url(settings.REDIS_URL).delete(store_key)
+    semantic.indexes_get().forget("default")
+    Route.objects.filter(name="default").update(cache_semantic=True)
+    snapshot_reload()
+    yield
+    redis.Redis.from_url(settings.REDIS_URL).delete(store_key)
+    semantic.indexes_get().forget("default")
+
+
+def ask(sdk, question: str, **params):
+    return sdk.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": question}], temperature=0,
+        max_tokens=16, **params)
+
+
+def test_a_paraphrase_is_served_by_the_gateway_from_the_semantic_cache(sdk, semantic_default,
+                                                                      flush_calls):
+    first = ask(sdk, "How do I reverse a list in Python?")
+    deadline = time.monotonic() + 10
+    while not len(semantic.indexes_get().get("default", max_entries=100)):
+        assert time.monotonic() < deadline, "the answer was not stored"
+        time.sleep(0.02)
+
+    second = ask(sdk, "What's the way to reverse a Python list?")
+    near = ask(sdk, "How do I reverse a string in Python?")
+
+    assert [r.headers["x-sluice-cache"] for r in (first, second, near)] == \
+        ["miss", "semantic", "miss"]
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert [c.cache for c in flush_calls()] == ["miss", "semantic", "miss"]
