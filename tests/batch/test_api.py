@@ -111,3 +111,11 @@ def test_requests_without_a_key_are_401s(gateway):
     anonymous = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         anonymous.batches.list()
+
+
+def test_a_file_over_the_size_limit_is_a_413(sdk, settings):
+    settings.SLUICE_BATCH_MAX_FILE_BYTES = 10
+
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.files.create(file=jsonl([request_line("a", "hi")]), purpose="batch")
+    assert caught.value.status_code == 413
