@@ -27,6 +27,7 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 COMPLETION_WINDOW = "24h"
 # A running batch's worker saves its progress every second; this long without it means dead.
 STALE_S = 300.0
+MAX_ERRORS = 1000  # a file of bad lines lists this many of them
 logger = logging.getLogger("sluice.batch")
 Status = Batch.Status
 ACTIVE = (Status.VALIDATING, Status.IN_PROGRESS)
@@ -157,7 +158,7 @@ def batch_object(batch: Batch) -> dict[str, Any]:
 def batch_create(*, key: KeyInfo, body: dict[str, Any]) -> Batch:
     """Check the request and every line of its file now, as OpenAI does: a file with bad
     lines makes a batch that is `failed` at once, its `errors` naming each line. A good one
-    is `validating` until a worker takes it (queued on commit)."""
+    is `validating` until a worker takes it."""
     endpoint, window = body.get("endpoint"), body.get("completion_window")
     if endpoint not in ENDPOINTS:
         raise invalid(f"endpoint must be one of {', '.join(ENDPOINTS)}.", param="endpoint")
@@ -179,12 +180,19 @@ def batch_create(*, key: KeyInfo, body: dict[str, Any]) -> Batch:
                   model=model, metadata=metadata, request_total=len(lines), created_at=now,
                   expires_at=now + timedelta(hours=24))
     if errors:
-        batch.status, batch.errors, batch.failed_at = Status.FAILED, errors, now
+        batch.status, batch.errors, batch.failed_at = Status.FAILED, errors[:MAX_ERRORS], now
         batch.request_total = 0
         batch.save()
         return batch
-    batch.save()
-    transaction.on_commit(lambda: batch_enqueue(batch_id=batch.id))
+    batch.save()  # committed (no ATOMIC_REQUESTS): the worker can read it once queued
+    try:
+        batch_enqueue(batch_id=batch.id)
+    except Exception as exc:  # the broker is down: say so now rather than never run it
+        logger.error("batch %s could not be queued: %s", batch.public_id, exc)
+        batch.status, batch.failed_at = Status.FAILED, timezone.now()
+        batch.errors = [{"code": "queue_unavailable", "message": "The batch could not be "
+                         "queued; try again later.", "param": None, "line": None}]
+        batch.save(update_fields=["status", "failed_at", "errors"])
     return batch
 
 
