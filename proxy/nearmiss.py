@@ -247,7 +247,8 @@ class _Parsed:
                         and lem not in NEGATIONS]
         self.content_set = set(self.content)
         self.negations = sum(1 for low, lem in zip(self.lower, self.lemmas, strict=True)
-                             if low in NEGATIONS or lem == "not")
+                             if low in NEGATIONS or lem == "not"
+                             or low.endswith("-free") or low.startswith("non-"))
         self.numbers = {t.rstrip("%").replace(",", "") for t in self.raw if t[0].isdigit()}
         self.numbers |= {NUMBER_WORDS[t] for t in self.lower if t in NUMBER_WORDS}
         # Capitalised words not opening a sentence, and acronyms: names, places, products.
@@ -372,6 +373,12 @@ def _window(p: _Parsed, marker: str, other: _Parsed) -> list[str]:
     return out
 
 
+# Content words only one question has, before it counts as another question. At 1 (any added
+# word, "sort a list" / "sort a list in reverse"), the shipped pairs' hit rate falls from 61 %
+# to 39 % (held-out: 45 % to 19 %): a lone extra word is left to the similarity threshold.
+ONE_SIDED = 2
+
+
 def _check_key_words(a: _Parsed, b: _Parsed) -> str | None:
     """Content words one question has and the other does not cover.
 
@@ -384,7 +391,7 @@ def _check_key_words(a: _Parsed, b: _Parsed) -> str | None:
     shared = len(set(a.content) - ua)
     if ua and ub and len(ua) <= 2 and len(ub) <= 2 and shared >= 1:
         return "key-word"
-    if (len(ua) >= 2 and not ub) or (len(ub) >= 2 and not ua):
+    if (len(ua) >= ONE_SIDED and not ub) or (len(ub) >= ONE_SIDED and not ua):
         return "key-word"
     if not shared and (ua or ub):
         return "key-word"

@@ -89,6 +89,22 @@ def test_a_near_miss_does_not_hit_even_with_a_high_cosine(route, embedder, store
     assert lookup(route, chat(asked)) == MISS
 
 
+@pytest.mark.parametrize("a, b, kind", [
+    ("Which foods contain gluten?", "Which foods are gluten-free?", "negation"),
+    ("How do I port my code from Python 2 to Python 3?",
+     "How do I port my code from Python 3 to Python 2?", "direction"),
+    ("What is 15% of 80?", "What is 18% of 80?", "number"),
+    ("What are the pros of nuclear energy?", "What are the cons of nuclear energy?", "opposite"),
+    ("How do I boil an egg?", "How do I boil a potato?", "key-word"),
+    ("How do I sort a list in Python?", "How do I sort a list in Python in reverse order?",
+     "key-word"),
+    ("How do I reverse a list in Python?", "What's the way to reverse a Python list?", None),
+])
+def test_the_check_names_the_difference(a, b, kind):
+    assert near_miss(a, b) == kind
+    assert near_miss(b, a) == kind
+
+
 def test_the_near_miss_check_is_fast():
     pairs = [("How long is the flight from London to New York?",
               "How long is the flight from New York to London?"),
