@@ -7,6 +7,9 @@ import pytest
 from proxy.models import ApiKey, key_hash
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+# What the route form sends for its fields with defaults when the operator leaves them be.
+ROUTE_DEFAULTS = {"cache_ttl_s": "3600", "semantic_max_entries": "10000",
+                  "downroute_threshold": "0.5"}
 
 
 def test_a_key_added_in_the_admin_is_shown_once_stored_hashed_and_works_at_once(
@@ -25,7 +28,8 @@ def test_a_key_added_in_the_admin_is_shown_once_stored_hashed_and_works_at_once(
 
 def test_a_route_added_in_the_admin_is_routable_at_once(admin_client, sdk):
     admin_client.post("/admin/proxy/route/add/", {"name": "cheap", "model": "sim-model",
-                                                  "baseline_model": "", "enabled": "on"})
+                                                  "baseline_model": "", "enabled": "on",
+                                                  **ROUTE_DEFAULTS})
 
     answer = sdk.chat.completions.with_raw_response.create(model="cheap", messages=MESSAGES,
                                                            max_tokens=1)
@@ -70,7 +74,7 @@ def test_a_fallback_chain_edited_in_the_admin_takes_effect_at_once(admin_client,
                            model="big-model")
     admin_client.post("/admin/proxy/route/add/", {
         "name": "big", "model": "big-model", "baseline_model": "", "enabled": "on",
-        "fallbacks": "default", "max_attempts": "1"})
+        "fallbacks": "default", "max_attempts": "1", **ROUTE_DEFAULTS})
 
     answer = sdk.chat.completions.with_raw_response.create(model="big", messages=MESSAGES,
                                                            max_tokens=1)
@@ -81,6 +85,6 @@ def test_a_fallback_chain_edited_in_the_admin_takes_effect_at_once(admin_client,
 def test_a_route_cannot_fall_back_to_itself(admin_client):
     response = admin_client.post("/admin/proxy/route/add/", {
         "name": "loop", "model": "sim-model", "baseline_model": "", "enabled": "on",
-        "fallbacks": "loop"})
+        "fallbacks": "loop", **ROUTE_DEFAULTS})
 
     assert "cannot fall back to itself" in response.content.decode()
