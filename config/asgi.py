@@ -44,6 +44,7 @@ from analytics.recorder import recorder  # noqa: E402
 from proxy.background import config_refresh_loop, health_loop  # noqa: E402
 from proxy.cache import cache_close  # noqa: E402
 from proxy.ratelimit import limits_close  # noqa: E402
+from proxy.semantic import semantic_start  # noqa: E402
 from proxy.snapshot import snapshot_reload  # noqa: E402
 from proxy.upstream import session_close  # noqa: E402
 
@@ -82,6 +83,7 @@ class LifespanApp:
 
     async def startup(self) -> None:
         await sync_to_async(snapshot_reload, thread_sensitive=False)()
+        semantic_start()  # loads the embedder in the background if a route needs it
         recorder.start()
         self._tasks = [asyncio.create_task(config_refresh_loop()),
                        asyncio.create_task(health_loop())]
