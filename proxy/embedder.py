@@ -14,6 +14,7 @@ of queueing, so the caller skips the cache rather than waiting behind other requ
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -72,6 +73,10 @@ class Embedder:
         started = time.monotonic()
         try:
             self._model = _load_model()
+            # torch and the model add a great many long-lived objects: keep them out of the
+            # garbage collector's full passes too, as start-up does for the framework.
+            gc.collect()
+            gc.freeze()
             self.load_seconds = time.monotonic() - started
             logger.info("semantic cache: embedder loaded in %.1f s", self.load_seconds)
         except Exception as exc:  # a broken install must not take the gateway down
