@@ -234,7 +234,11 @@ async def _cache_lookup(plan: CachePlan, log: CallLog, body: dict[str, Any],
             log.cache = "exact"
             return answer
     if plan.semantic:
-        found = await semantic_lookup(log.route, body, endpoint=endpoint.name)
+        try:
+            found = await semantic_lookup(log.route, body, endpoint=endpoint.name)
+        except Exception:  # it promises not to raise; a cache must never fail a request anyway
+            logger.exception("request %s: the semantic lookup failed", log.request_id)
+            return None
         if isinstance(found, SemanticHit):
             answer = replay.answer_parse(found.answer)
             if answer is not None:

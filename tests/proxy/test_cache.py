@@ -16,9 +16,10 @@ from django.conf import settings
 
 from proxy import cache, pipeline, ratelimit, replay
 from proxy.cache import LocalStore, RedisStore, cache_key, cache_plan
-from proxy.models import ApiKey, Route
+from proxy.models import ApiKey, Backend, Route
 from proxy.semantic import SemanticHit
 from proxy.snapshot import RouteInfo, snapshot_reload
+from simulator.process import free_port
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 ROUTE = RouteInfo(name="default", model="sim-model", baseline_model="sim-model", cache_exact=True)
@@ -583,3 +584,28 @@ def test_a_streamed_miss_with_two_choices_is_served_whole_as_json(sdk, cached):
     answer = raw.parse()
     assert {c.index: c.message.content for c in answer.choices} == texts
     assert all(c.finish_reason for c in answer.choices)
+
+
+def test_an_answer_served_by_a_fallback_is_not_stored(sdk, cached, simulators):
+    dead = f"http://127.0.0.1:{free_port()}"
+    Backend.objects.create(name="dead-1", base_url=dead, model="dead-model")
+    Route.objects.create(name="fragile", model="dead-model", fallbacks="sim-model",
+                         cache_exact=True)
+    snapshot_reload()
+    for _ in range(2):
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="fragile", messages=MESSAGES, temperature=0, max_tokens=8)
+        assert raw.headers["x-sluice-fallback"] == "sim-model"
+        assert raw.headers["x-sluice-cache"] == "miss"
+        settle(cached)
+
+
+def test_a_failing_semantic_lookup_is_a_miss(sdk, gateway, monkeypatch):
+    route_caching(cache_exact=False, cache_semantic=True)
+
+    async def broken(route, body, *, endpoint):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pipeline, "semantic_lookup", broken)
+    headers, answer = chat(sdk)
+    assert headers["x-sluice-cache"] == "miss" and answer.choices[0].message.content
