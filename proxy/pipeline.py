@@ -4,7 +4,8 @@
 2. validate the body             (schemas, validation: OpenAI-shaped 400s)
 3. resolve the route             (routing; auth: the key may use it, else 403)
 4. rate limit                    (ratelimit: RPM and TPM per key and per route)
-5. cost steps                    (cache: exact; semantic; later: classifier, compression)
+5. cost steps                    (cache: exact, semantic; downroute: small-model routing by
+                                  the classifier, prompt compression)
 6. pick a backend, send, retry   (failover + pool: breaker, slots and queue, timeouts,
                                   retries before the first byte, the fallback chain)
 7. relay                         (bytes passed through; a broken stream ends with an error event)
@@ -31,6 +32,7 @@ from proxy.accounting import CallLog
 from proxy.auth import key_authenticate, route_permit
 from proxy.cache import ENDPOINTS as CACHE_ENDPOINTS
 from proxy.cache import CachePlan, cache_lookup, cache_plan, cache_store, cacheable_answer
+from proxy.downroute import compression_apply, downroute_apply
 from proxy.endpoints import Endpoint
 from proxy.errors import ApiError, error_body
 from proxy.failover import Opened, upstream_open
@@ -69,11 +71,14 @@ async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpRespo
                 cached = await _cache_lookup(caching, log, body, endpoint)
                 if cached is not None:
                     return _cached_serve(cached, log, body, snapshot)
-        # 5b. Small-model routing goes here (the decision, `log.decision`).
-        # 5c. Prompt compression goes here (`log.prompt_tokens_saved`).
         # Steps from here on must not change `body` in place: on a miss the caches store the
         # answer under the request as the app sent it (`caching`, and `body` for semantic).
-        opened = await upstream_open(log, snapshot, endpoint, body)
+        # 5b. Small-model routing: the classifier may point `log.route` at the small model.
+        downroute_apply(log, body, endpoint=endpoint, headers=request.headers,
+                        snapshot=snapshot)
+        # 5c. Prompt compression: what is sent may be shorter than what the app sent.
+        sent = compression_apply(log, body, endpoint=endpoint)
+        opened = await upstream_open(log, snapshot, endpoint, sent)
     except ApiError as exc:
         log.fail(exc.status, exc.code or exc.type)
         log.finish(snapshot)
@@ -180,6 +185,7 @@ async def _stream_relay(
 
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, opened.deadline - time.monotonic()), expire)
+    done = False  # [DONE] went out: the app has the whole answer
     try:
         while True:
             cut = pending.rfind(sse.EVENT_END)
@@ -193,6 +199,7 @@ async def _stream_relay(
                     raw = None
                 if out:
                     log.first_token()
+                    done = done or sse.DONE in block
                     yield out
             chunk = await upstream.content.readany()
             if not chunk:
@@ -211,7 +218,9 @@ async def _stream_relay(
         why = "the route's total timeout expired" if expired else repr(exc)
         yield sse.error_event(f"Backend {log.backend} failed mid-stream: {why}.")
     except (asyncio.CancelledError, GeneratorExit):
-        if not log.error_type:  # an app leaving after the backend's error event: still 502
+        # An app leaving after the backend's error event is still a 502; one leaving after
+        # [DONE] (while the backend closes its end) got its whole answer.
+        if not log.error_type and not done:
             log.fail(499, "client_closed")
         raise
     finally:
@@ -340,6 +349,9 @@ def _tagged(response: HttpResponseBase, log: CallLog) -> HttpResponseBase:
         response["x-sluice-retries"] = str(log.retries)
     if log.fallback_used:
         response["x-sluice-fallback"] = log.served_model
+    if log.decision:
+        score = "" if log.decision_score is None else f"; score={log.decision_score:.3f}"
+        response["x-sluice-decision"] = log.decision + score
     if log.grant is not None:
         for name, value in log.grant.headers.items():
             response[name] = value
