@@ -47,6 +47,7 @@ test: setup browser-deps lint
 
 bench: setup
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.costs
 
 clean:
 	rm -rf $(VENV) var
