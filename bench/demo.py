@@ -21,19 +21,27 @@ import openai
 
 ROOT = Path(__file__).resolve().parent.parent
 
-QUESTIONS = [
+QUESTIONS = [  # a question, then ways of asking the same thing
     ("How do I reverse a list in Python?",
-     "What's the way to reverse a Python list?"),
+     "What's the way to reverse a Python list?", "How can I reverse a list in Python?",
+     "In Python, how do I reverse a list?"),
     ("What is the capital of Australia?",
-     "Which city is Australia's capital?"),
+     "Which city is Australia's capital?", "What's the capital city of Australia?",
+     "Tell me the capital of Australia."),
     ("How long should I boil an egg for a soft yolk?",
-     "For a runny yolk, how many minutes do I boil an egg?"),
+     "For a soft yolk, how long do I boil an egg?",
+     "How many minutes should I boil an egg to get a soft yolk?",
+     "How long do I boil an egg if I want the yolk soft?"),
     ("What does HTTP status 429 mean?",
-     "What is the meaning of the HTTP 429 status code?"),
+     "What is the meaning of the HTTP 429 status code?", "What does a 429 HTTP status mean?",
+     "HTTP status 429: what does it mean?"),
     ("How do I undo the last git commit but keep my changes?",
-     "In git, how can I revert my latest commit while keeping the changes?"),
+     "How can I undo my last git commit and keep the changes?",
+     "In git, how do I undo the last commit but keep my changes?",
+     "How to undo the last git commit while keeping my changes?"),
     ("What is a good way to store fresh basil?",
-     "How should I keep fresh basil so it lasts?"),
+     "How should I store fresh basil?", "What's the best way to store fresh basil?",
+     "How do I store fresh basil?"),
 ]
 EASY = [
     "Hi! How are you today?",
@@ -81,7 +89,7 @@ def one_request(client: openai.OpenAI, rng: random.Random, counts: Counter) -> N
     if kind == "repeat":
         messages = [{"role": "user", "content": rng.choice(QUESTIONS)[0]}]
     elif kind == "paraphrase":
-        messages = [{"role": "user", "content": rng.choice(QUESTIONS)[1]}]
+        messages = [{"role": "user", "content": rng.choice(rng.choice(QUESTIONS)[1:])}]
     elif kind == "easy":
         messages = [{"role": "user", "content": rng.choice(EASY)}]
     elif kind == "hard":
@@ -89,13 +97,18 @@ def one_request(client: openai.OpenAI, rng: random.Random, counts: Counter) -> N
     else:
         messages = conversation(rng.randint(6, 14))
     stream = rng.random() < 0.5
+    # Questions are asked deterministically (temperature 0: cacheable); the rest is sampled,
+    # so the caches pass it by and routing and compression decide.
+    temperature = 0 if kind in ("repeat", "paraphrase") else 0.7
     try:
         response = client.chat.completions.with_raw_response.create(
-            model="default", messages=messages, max_tokens=48, temperature=0, stream=stream)
+            model="default", messages=messages, max_tokens=48, temperature=temperature,
+            stream=stream)
         if stream:
             for _ in response.parse():
                 pass
-        counts[f"{kind} {response.headers.get('x-sluice-cache', '-')}"] += 1
+        decision = response.headers.get("x-sluice-decision", "").split(";")[0]
+        counts[f"{kind} {response.headers.get('x-sluice-cache', '-')} {decision}".strip()] += 1
     except openai.APIError as exc:
         counts[f"{kind} error {type(exc).__name__}"] += 1
 

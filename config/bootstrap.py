@@ -39,7 +39,7 @@ SIM_PRICES = ("0.20", "0.20"), ("0.05", "0.08")  # hosted equivalents: main mode
 # Self-hosted cost of each simulated server ($ per hour): main model's, small model's. Low, so
 # that the light traffic of `make demo` shows a self-hosting saving; a real GPU's price only
 # beats hosted tokens at high utilisation (the dashboard shows a negative saving otherwise).
-SIM_GPU_USD_PER_HOUR = "0.10", "0.04"
+SIM_GPU_USD_PER_HOUR = "0.02", "0.01"
 
 
 @transaction.atomic

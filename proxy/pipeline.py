@@ -40,7 +40,7 @@ from proxy.ratelimit import limits_settle, limits_take, tokens_estimate
 from proxy.routing import route_resolve
 from proxy.schemas import body_parse, body_read, wants_stream, wants_usage_chunk
 from proxy.semantic import SemanticHit, semantic_lookup, semantic_store
-from proxy.snapshot import Snapshot, snapshot_current
+from proxy.snapshot import RouteInfo, Snapshot, snapshot_current
 
 logger = logging.getLogger("sluice.proxy")
 
@@ -100,7 +100,8 @@ async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpRespo
         relay = _stream_relay(
             opened, log, snapshot,
             strip_usage_chunk=endpoint.usage_chunk and not wants_usage_chunk(body),
-            keep=_Keep(caching, body, endpoint) if caching is not None and caching.store else None,
+            keep=(_Keep(caching, body, endpoint, route)
+                  if caching is not None and caching.store else None),
         )
         weakref.finalize(relay, _stream_dropped, upstream, log, snapshot)
         response = StreamingHttpResponse(relay, content_type="text/event-stream")
@@ -114,7 +115,7 @@ async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpRespo
             else:
                 response = await _body_relay(upstream, log)
                 if caching is not None and caching.store:
-                    _Keep(caching, body, endpoint).answer(log, response.content)
+                    _Keep(caching, body, endpoint, route).answer(log, response.content)
     except TimeoutError:
         upstream.close()
         log.fail(504, "upstream_timeout")
@@ -285,10 +286,13 @@ class _Keep:
     200 with every choice finished, no error event, served by the route's own model: a
     fallback's answer is not the route's). Never fails the call."""
 
-    __slots__ = ("plan", "body", "endpoint")
+    __slots__ = ("plan", "body", "endpoint", "route")
 
-    def __init__(self, plan: CachePlan, body: dict[str, Any], endpoint: Endpoint) -> None:
-        self.plan, self.body, self.endpoint = plan, body, endpoint
+    def __init__(self, plan: CachePlan, body: dict[str, Any], endpoint: Endpoint,
+                 route: RouteInfo) -> None:
+        # `route` as the lookup saw it: small-model routing may have pointed the call's own
+        # at another model since, and the entry must be found by the next lookup.
+        self.plan, self.body, self.endpoint, self.route = plan, body, endpoint, route
 
     def stream(self, log: CallLog, raw: list[bytes]) -> None:
         """A streamed answer is assembled into the stored form in a task of its own, in
@@ -319,7 +323,7 @@ class _Keep:
         try:
             if cacheable_answer(answer) is None:
                 return
-            route = log.route
+            route = self.route
             if self.plan.key is not None:
                 cache_store(self.plan.key, answer, ttl_s=route.cache_ttl_s)
             if self.plan.semantic:

@@ -86,3 +86,20 @@ def test_a_conversation_over_the_budget_loses_its_oldest_turns(sdk, pool, flush_
     assert lean.usage.prompt_tokens < full.usage.prompt_tokens / 2
     compressed, untouched = flush_calls()
     assert compressed.prompt_tokens_saved > 0 and untouched.prompt_tokens_saved == 0
+
+
+def test_a_down_routed_answer_is_found_by_the_next_lookup(sdk, small_sim, flush_calls):
+    Route.objects.filter(name="smart").update(cache_exact=True)
+    snapshot_reload()
+    question = [{"role": "user", "content": "Give me a synonym for glad, please."}]
+
+    first = sdk.chat.completions.with_raw_response.create(
+        model="smart", messages=question, max_tokens=4, temperature=0)
+    import time
+
+    time.sleep(0.2)  # the answer is stored just after the call
+    second = sdk.chat.completions.with_raw_response.create(
+        model="smart", messages=question, max_tokens=4, temperature=0)
+
+    assert first.headers["x-sluice-decision"].startswith("small")
+    assert second.headers["x-sluice-cache"] == "exact"

@@ -16,10 +16,10 @@ from django.core.management import call_command
 
 from proxy import semantic
 from proxy.embedder import DIM, Embedder, Saturated, embedder_get
-from proxy.models import Route
+from proxy.models import Backend, Route
 from proxy.nearmiss import near_miss
 from proxy.semantic import MISS, SKIPPED, SemanticHit, semantic_lookup, semantic_store
-from proxy.semantic_index import PREFIX, IndexSet, RouteIndex
+from proxy.semantic_index import PREFIX, TWO_STAGE_MIN, IndexSet, RouteIndex
 from proxy.snapshot import RouteInfo, snapshot_reload
 
 ANSWER = b'{"object":"chat.completion","choices":[{"message":{"content":"stored"}}]}'
@@ -260,6 +260,63 @@ def test_redis_down_keeps_serving_from_the_process():
     assert [c.answer for c in found] == [b"local"]
 
 
+def test_without_redis_a_new_process_loads_what_the_last_one_stored(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    first = IndexSet(sync_s=0.05)
+    first.add("local route/1", unit(7), key=5, question="q é", answer=b"kept", ttl_s=60,
+              max_entries=100)
+    first.add("local route/1", unit(8), key=5, question="old", answer=b"gone", ttl_s=0.2,
+              max_entries=100)
+    deadline = time.monotonic() + 10
+    while not list((tmp_path / "semantic").glob("*.npz")):  # written by the background thread
+        assert time.monotonic() < deadline, "the route's file was not written"
+        time.sleep(0.05)
+    first.stop()
+    time.sleep(0.3)
+
+    restarted = IndexSet().get("local route/1", max_entries=100)
+
+    assert len(restarted) == 1  # the expired entry was dropped on load
+    found = restarted.search(unit(7), key=5, threshold=0.99, limit=1)
+    assert [(c.question, c.answer) for c in found] == [("q é", b"kept")]
+    assert restarted.search(unit(8), key=5, threshold=0.99, limit=1) == []
+
+
+def test_without_redis_a_damaged_file_starts_the_route_empty(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    indexes = IndexSet()
+    path = indexes.path_of("broken")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not an npz")
+
+    assert len(indexes.get("broken", max_entries=10)) == 0
+
+
+def test_the_two_stage_search_finds_what_the_exact_one_finds():
+    rng = np.random.default_rng(0)
+    n = TWO_STAGE_MIN + 5000
+    base = rng.standard_normal((200, DIM)).astype(np.float32)  # clusters, like real questions
+    vectors = base[rng.integers(0, 200, n)] + 0.08 * rng.standard_normal((n, DIM),
+                                                                         dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = RouteIndex("two-stage", max_entries=n)
+    expires = time.time() + 600
+    for i, vector in enumerate(vectors):
+        index.add(vector, key=i % 3, question=str(i), answer=b"", expires_at=expires)
+    assert index._basis is not None  # the two-stage path is on
+
+    queries = vectors[rng.integers(0, n, 100)] + 0.02 * rng.standard_normal((100, DIM),
+                                                                            dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for query in queries:
+        exact = vectors @ query
+        exact[np.arange(n) % 3 != 1] = -2.0
+        best = np.argsort(-exact)[:5]
+        found = index.search(query, key=1, threshold=0.5, limit=5)
+        assert [int(c.question) for c in found] == [int(i) for i in best if exact[i] >= 0.5]
+        assert all(abs(c.similarity - exact[int(c.question)]) < 1e-5 for c in found)
+
+
 # --- the labelled pairs -----------------------------------------------------------------------
 def test_the_eval_command_meets_the_target_on_the_shipped_pairs(embedder, capsys):
     call_command("semantic_eval")
@@ -307,3 +364,24 @@ def test_a_paraphrase_is_served_by_the_gateway_from_the_semantic_cache(sdk, sema
         ["miss", "semantic", "miss"]
     assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
     assert [c.cache for c in flush_calls()] == ["miss", "semantic", "miss"]
+
+
+def test_an_answer_from_the_small_model_is_found_by_a_paraphrase(sdk, semantic_default,
+                                                                 flush_calls):
+    """Small-model routing points the call at another model after the lookup; the entry is
+    stored under the route as the lookup saw it, so the next paraphrase finds it."""
+    from simulator.process import SimulatorProcess
+
+    with SimulatorProcess(model="small-model", ttft_ms=1, tokens_per_s=5000) as small:
+        Backend.objects.create(name="small-1", base_url=small.url, model="small-model")
+        Route.objects.filter(name="default").update(small_model="small-model")
+        snapshot_reload()
+        first = ask(sdk, "How do I reverse a list in Python?")
+        deadline = time.monotonic() + 10
+        while not len(semantic.indexes_get().get("default", max_entries=100)):
+            assert time.monotonic() < deadline, "the answer was not stored"
+            time.sleep(0.02)
+        second = ask(sdk, "What's the way to reverse a Python list?")
+
+    assert first.headers["x-sluice-decision"].startswith("small")
+    assert second.headers["x-sluice-cache"] == "semantic"
