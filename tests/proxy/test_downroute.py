@@ -1,4 +1,6 @@
 """Small-model routing and prompt compression through the gateway, with real simulators."""
+import uuid
+
 import pytest
 
 from proxy.models import Backend, Route
@@ -91,7 +93,8 @@ def test_a_conversation_over_the_budget_loses_its_oldest_turns(sdk, pool, flush_
 def test_a_down_routed_answer_is_found_by_the_next_lookup(sdk, small_sim, flush_calls):
     Route.objects.filter(name="smart").update(cache_exact=True)
     snapshot_reload()
-    question = [{"role": "user", "content": "Give me a synonym for glad, please."}]
+    # Unique per run: the exact cache lives in Redis, which outlives test runs.
+    question = [{"role": "user", "content": f"Give me a synonym for glad ({uuid.uuid4().hex})."}]
 
     first = sdk.chat.completions.with_raw_response.create(
         model="smart", messages=question, max_tokens=4, temperature=0)
