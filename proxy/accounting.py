@@ -27,6 +27,7 @@ class CallLog:
         "served_model", "backend", "stream", "status_code", "error_type", "prompt_tokens",
         "completion_tokens", "ttft_ms", "finished", "lease", "retries", "fallback_used",
         "queue_ms", "grant", "cache", "decision", "decision_score", "prompt_tokens_saved",
+        "prompt_tokens_sent_estimate",
     )
 
     def __init__(self, *, endpoint: str) -> None:
@@ -55,6 +56,7 @@ class CallLog:
         self.decision = ""  # small-model routing: small | primary | forced | ""
         self.decision_score: float | None = None
         self.prompt_tokens_saved = 0  # removed by prompt compression
+        self.prompt_tokens_sent_estimate = 0  # what compression left, by the same estimate
 
     def lease_take(self, lease: Lease, *, fallback: bool) -> None:
         """The call now occupies a slot on `lease.backend` until `finish()` releases it."""
@@ -103,7 +105,17 @@ class CallLog:
             self.lease.release(self._outcome(), latency_ms=self.elapsed_ms(), why=self.error_type)
         if self.grant is not None:
             limits_settle(self.grant, tokens=self.prompt_tokens + self.completion_tokens)
+        self._saved_tokens_calibrate()
         recorder.record(self.to_record(snapshot))
+
+    def _saved_tokens_calibrate(self) -> None:
+        """Compression counts what it removed by an estimate; the backend counts what it got.
+        Scale the removed tokens by the backend's count over the estimate of what was sent,
+        so that prompt tokens + removed tokens is the original prompt in the backend's tokens
+        (to within the estimate's error from one message to the next)."""
+        if self.prompt_tokens_saved and self.prompt_tokens_sent_estimate and self.prompt_tokens:
+            self.prompt_tokens_saved = round(
+                self.prompt_tokens_saved * self.prompt_tokens / self.prompt_tokens_sent_estimate)
 
     def _outcome(self) -> str:
         """What the call says of its backend's health, for the circuit breaker."""

@@ -48,6 +48,16 @@ def tokens_estimate_text(text: str) -> int:
     return max(-(-len(text) // CHARS_PER_TOKEN), len(text.split()))
 
 
+def prompt_tokens_estimate(body: dict[str, Any], *, endpoint: str,
+                           count: TokenCounter = tokens_estimate_text) -> int:
+    """The prompt tokens of a body by the same estimate as `compress` uses."""
+    if endpoint == "chat/completions" and isinstance(body.get("messages"), list):
+        return sum(_message_tokens(m, count) for m in body["messages"])
+    if endpoint == "completions" and isinstance(body.get("prompt"), str):
+        return count(body["prompt"])
+    return 0
+
+
 def compress(body: dict[str, Any], *, endpoint: str, budget_tokens: int,
              count: TokenCounter = tokens_estimate_text) -> tuple[dict[str, Any], int]:
     """(the body to send, the prompt tokens removed). `budget_tokens` <= 0: no budget."""

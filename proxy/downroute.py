@@ -17,7 +17,7 @@ from typing import Any
 
 from proxy.accounting import CallLog
 from proxy.classifier import decide
-from proxy.compression import compress
+from proxy.compression import compress, prompt_tokens_estimate
 from proxy.endpoints import CHAT, COMPLETIONS, Endpoint
 from proxy.snapshot import RouteInfo, Snapshot
 
@@ -60,6 +60,9 @@ def compression_apply(log: CallLog, body: dict[str, Any], *,
     route = log.route
     if route is None or not route.prompt_token_budget or endpoint.name not in _ROUTABLE:
         return body
-    body, removed = compress(body, endpoint=endpoint.name, budget_tokens=route.prompt_token_budget)
-    log.prompt_tokens_saved = removed
-    return body
+    sent, removed = compress(body, endpoint=endpoint.name, budget_tokens=route.prompt_token_budget)
+    if removed:
+        # Both in estimated tokens; the record turns them into the backend's (accounting).
+        log.prompt_tokens_saved = removed
+        log.prompt_tokens_sent_estimate = prompt_tokens_estimate(sent, endpoint=endpoint.name)
+    return sent
