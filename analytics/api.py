@@ -24,6 +24,9 @@ class SavingsByCauseOut(Schema):
     selfhost: float = Field(
         description="The served model's hosted price minus the self-hosted GPU cost."
     )
+    batch: float = Field(
+        0.0, description="The batch discount (SLUICE_BATCH_DISCOUNT) on batch calls' cost."
+    )
 
 
 class StatsOut(Schema):

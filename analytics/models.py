@@ -56,6 +56,10 @@ class Call(models.Model):
     saved_routing_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
     saved_compression_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
     saved_selfhost_usd = models.DecimalField(max_digits=16, decimal_places=10, default=0)
+    saved_batch_usd = models.DecimalField(
+        max_digits=16, decimal_places=10, default=0,
+        help_text="The batch discount (SLUICE_BATCH_DISCOUNT) on a batch call's cost.",
+    )
 
     class Meta:
         ordering = ["-created_at"]

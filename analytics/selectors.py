@@ -49,7 +49,7 @@ def percentile(values: Sequence[float], p: float) -> float | None:
 
 
 _HITS = (CacheOutcome.EXACT, CacheOutcome.SEMANTIC)
-CAUSES = ("cache_exact", "cache_semantic", "routing", "compression", "selfhost")
+CAUSES = ("cache_exact", "cache_semantic", "routing", "compression", "selfhost", "batch")
 _ZERO = Decimal(0)
 
 
@@ -65,6 +65,7 @@ def savings_by_route(since: datetime) -> dict[str, dict[str, Any]]:
             routing=Sum("saved_routing_usd"),
             compression=Sum("saved_compression_usd"),
             selfhost=Sum("saved_selfhost_usd"),
+            batch=Sum("saved_batch_usd"),
         )
     )
     return {row["route"]: _money(row) for row in rows}

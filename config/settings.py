@@ -233,3 +233,6 @@ SLUICE_BATCH_MAX_FILE_BYTES = envint("SLUICE_BATCH_MAX_FILE_BYTES", 100 * 1024 *
 SLUICE_BATCH_QUEUE = envstr("SLUICE_BATCH_QUEUE", "batch")
 SLUICE_BATCH_CONCURRENCY = envint("SLUICE_BATCH_CONCURRENCY", 4)
 SLUICE_BATCH_BACKOFF_S = envfloat("SLUICE_BATCH_BACKOFF_S", 1.0)
+# The share of a batch call's cost the operator waives (OpenAI's batch API: 0.5), since batch
+# work fills idle capacity; it shows as its own savings cause, "batch". 0: none.
+SLUICE_BATCH_DISCOUNT = envfloat("SLUICE_BATCH_DISCOUNT", 0.0)

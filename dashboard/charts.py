@@ -26,6 +26,7 @@ CAUSES: list[tuple[str, str, str]] = [
     ("routing", "routing", ORANGE),
     ("compression", "compression", PURPLE),
     ("selfhost", "self-hosting", GREEN),
+    ("batch", "batch discount", GREY),
 ]
 
 
@@ -109,9 +110,11 @@ def savings_figure(routes: Rows) -> go.Figure:
     price, a fallback to a dearer model) stacks below zero rather than hiding in the total."""
     names = [r["route"] or "(none)" for r in routes]
     traces = [
-        go.Bar(x=names, y=[r["savings_by_cause"][cause] for r in routes], name=label,
+        go.Bar(x=names, y=[r["savings_by_cause"].get(cause, 0.0) for r in routes], name=label,
                marker_color=color, hovertemplate="$%{y:,.4f}")
         for cause, label, color in CAUSES
+        # The batch discount only where an operator gives one: no empty legend entry.
+        if cause != "batch" or any(r["savings_by_cause"].get(cause) for r in routes)
     ]
     fig = _figure((), traces, y_title="$", barmode="relative", bargap=0.3)
     fig.update_xaxes(type="category")

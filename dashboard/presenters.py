@@ -101,6 +101,7 @@ def calls_serialize(calls: Iterable[Call]) -> list[dict[str, Any]]:
             "saved_routing_usd": float(call.saved_routing_usd),
             "saved_compression_usd": float(call.saved_compression_usd),
             "saved_selfhost_usd": float(call.saved_selfhost_usd),
+            "saved_batch_usd": float(call.saved_batch_usd),
         }
         for call in calls
     ]

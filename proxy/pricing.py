@@ -63,6 +63,7 @@ class Costs:
     saved_routing_usd: Decimal = ZERO
     saved_compression_usd: Decimal = ZERO
     saved_selfhost_usd: Decimal = ZERO
+    saved_batch_usd: Decimal = ZERO
 
     def as_record(self) -> dict[str, Decimal]:
         """The Call fields (dataclasses.asdict deep-copies: too slow for every request)."""
@@ -73,6 +74,7 @@ class Costs:
             "saved_routing_usd": self.saved_routing_usd,
             "saved_compression_usd": self.saved_compression_usd,
             "saved_selfhost_usd": self.saved_selfhost_usd,
+            "saved_batch_usd": self.saved_batch_usd,
         }
 
 
@@ -169,10 +171,22 @@ def call_costs(log: CallLog, snapshot: Snapshot, *,
     else:
         cost = _q((meter or selfhost_meter).charge(log.backend, gpu_per_hour, p + c))
     compression = _q(baseline_price.input_usd_per_1m * k / _MILLION) if baseline_price else ZERO
+    discount = _batch_discount(log, cost)
     return Costs(
-        cost_usd=cost,
+        cost_usd=cost - discount,
         baseline_cost_usd=baseline,
         saved_routing_usd=baseline - compression - hosted,
         saved_compression_usd=compression,
         saved_selfhost_usd=hosted - cost,
+        saved_batch_usd=discount,
     )
+
+
+def _batch_discount(log: CallLog, cost: Decimal) -> Decimal:
+    """What the operator waives of a batch call's cost (SLUICE_BATCH_DISCOUNT)."""
+    if not log.endpoint.startswith("batch:"):
+        return ZERO
+    from django.conf import settings
+
+    share = settings.SLUICE_BATCH_DISCOUNT
+    return _q(cost * Decimal(str(share))) if share > 0 else ZERO

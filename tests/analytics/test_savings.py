@@ -58,6 +58,7 @@ def test_the_pool_total_of_each_cause_matches_the_hand_computed_dollars(workload
         "routing": D("0.366"),  # 0.046 down-routed + 0.08 + 0.24 llama instead of big
         "compression": D("0.01"),
         "selfhost": D("0.029"),  # 0.014 + 0.015
+        "batch": D(0),
     }
     assert sum(total["savings_by_cause"].values()) == D("0.435")
 
@@ -69,11 +70,11 @@ def test_each_route_has_its_own_split(workload):
     assert (default["baseline_cost_usd"], default["cost_usd"]) == (D("0.1285"), D("0.0425"))
     assert default["savings_by_cause"] == {
         "cache_exact": D("0.025"), "cache_semantic": D("0.005"), "routing": D("0.046"),
-        "compression": D("0.01"), "selfhost": D(0)}
+        "compression": D("0.01"), "selfhost": D(0), "batch": D(0)}
     assert (own["baseline_cost_usd"], own["cost_usd"]) == (D("0.4"), D("0.051"))
     assert own["savings_by_cause"] == {
         "cache_exact": D(0), "cache_semantic": D(0), "routing": D("0.32"),
-        "compression": D(0), "selfhost": D("0.029")}
+        "compression": D(0), "selfhost": D("0.029"), "batch": D(0)}
 
 
 def test_the_summary_reports_savings_by_cause_overall_and_per_route(workload):
@@ -84,7 +85,7 @@ def test_the_summary_reports_savings_by_cause_overall_and_per_route(workload):
     assert s["savings_usd"] == float(D("0.435"))
     assert s["savings_by_cause"] == {
         "cache_exact": 0.025, "cache_semantic": 0.005, "routing": 0.366,
-        "compression": 0.01, "selfhost": 0.029}
+        "compression": 0.01, "selfhost": 0.029, "batch": 0.0}
     assert s["cache_hit_rate"] == pytest.approx(2 / 7)
     own = next(r for r in s["by_route"] if r["route"] == "own")
     assert own["savings_usd"] == float(D("0.349"))

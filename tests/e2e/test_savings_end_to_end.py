@@ -269,6 +269,7 @@ def test_the_summary_adds_up_to_the_rows(sdk, setup, flush_calls, gateway, setti
                 "routing": float(total("routing")),
                 "compression": float(total("compression")),
                 "selfhost": float(total("selfhost")),
+                "batch": 0.0,
             },
         }
 

@@ -65,7 +65,7 @@ def log(*, route: RouteInfo = DEFAULT, served: str = "big", backend: str = "sim-
 
 def adds_up(costs: Costs) -> bool:
     parts = (costs.saved_cache_usd + costs.saved_routing_usd + costs.saved_compression_usd
-             + costs.saved_selfhost_usd)
+             + costs.saved_selfhost_usd + costs.saved_batch_usd)
     return parts == costs.baseline_cost_usd - costs.cost_usd
 
 
@@ -203,3 +203,24 @@ def test_a_failed_call_without_tokens_costs_nothing_and_counts_nothing(meter):
 
     assert costs == Costs(cost_usd=D(0), baseline_cost_usd=D(0))
     assert meter.tokens("gpu-1") == 0
+
+
+def test_a_batch_discount_is_its_own_saving(meter, settings):
+    settings.SLUICE_BATCH_DISCOUNT = 0.5
+    call = log(served="small", backend="sim-small", prompt=2000, completion=1000)
+    call.endpoint = "batch:chat/completions"
+
+    costs = call_costs(call, SNAPSHOT, meter=meter)
+
+    # the small model's $0.004, half of it waived; the rest as for a down-routed call
+    assert costs == Costs(cost_usd=D("0.002"), baseline_cost_usd=D("0.05"),
+                          saved_routing_usd=D("0.046"), saved_batch_usd=D("0.002"))
+    assert adds_up(costs)
+
+
+def test_without_a_discount_a_batch_call_is_priced_like_the_rest(meter):
+    call = log(prompt=100, completion=50)
+    call.endpoint = "batch:chat/completions"
+
+    assert call_costs(call, SNAPSHOT, meter=meter) == Costs(cost_usd=D("0.0025"),
+                                                            baseline_cost_usd=D("0.0025"))
