@@ -24,20 +24,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
+from proxy.redis_shared import STORE_ERRORS, FailOpen, LoopClients
 from proxy.snapshot import RouteInfo
 
 logger = logging.getLogger("sluice.cache")
@@ -47,10 +42,6 @@ ENDPOINTS = frozenset({"chat/completions", "completions"})  # what the exact cac
 # Fields that change how or to whom an answer is delivered, not the answer itself.
 _NOT_IN_KEY = ("model", "stream", "stream_options", "user")
 REDIS_TIMEOUT_S = 0.25  # as the rate limits: a slow Redis must not hold requests up long
-REDIS_MAX_CONNECTIONS = 32
-OUTAGE_BACKOFF_S = 1.0  # after a failure, skip Redis this long instead of paying timeouts
-WARN_EVERY_S = 60.0
-STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 # --- what is cached, under which key ----------------------------------------------------------
@@ -201,24 +192,21 @@ class RedisStore:
     def __init__(self, url: str, *, prefix: str = PREFIX,
                  timeout_s: float = REDIS_TIMEOUT_S) -> None:
         self.url, self.prefix, self.timeout_s = url, prefix, timeout_s
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Redis] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._clients = LoopClients(url, timeout_s=timeout_s)
         self._tasks: set[asyncio.Task] = set()  # stores on their way, held until done
-        self._down_until = 0.0
-        self._warned_at = -math.inf
+        self._fail = FailOpen("the exact cache is off", log=logger)
 
     async def get(self, key: str) -> bytes | None:
-        if time.monotonic() < self._down_until:
+        if self._fail.down():
             return None
         try:
-            return await self._client().get(self.prefix + key)
+            return await self._clients.get().get(self.prefix + key)
         except STORE_ERRORS as exc:
-            self._outage(exc)
+            self._fail.outage(exc)
             return None
 
     def put(self, key: str, value: bytes, ttl_s: int) -> None:
-        if time.monotonic() < self._down_until:
+        if self._fail.down():
             return
         try:
             loop = asyncio.get_running_loop()
@@ -230,9 +218,9 @@ class RedisStore:
 
     async def _set(self, key: str, value: bytes, ttl_s: int) -> None:
         try:
-            await self._client().set(self.prefix + key, value, ex=ttl_s)
+            await self._clients.get().set(self.prefix + key, value, ex=ttl_s)
         except STORE_ERRORS as exc:
-            self._outage(exc)
+            self._fail.outage(exc)
 
     async def flush(self) -> None:
         while self._tasks:
@@ -241,30 +229,9 @@ class RedisStore:
     async def close(self) -> None:
         """Close the running loop's client (at shutdown, and after each test's loop)."""
         await self.flush()
-        client = self._clients.pop(asyncio.get_running_loop(), None)
+        client = self._clients.pop()
         if client is not None:
             await client.aclose()
-
-    def _client(self) -> Redis:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            pool = BlockingConnectionPool.from_url(
-                self.url, max_connections=REDIS_MAX_CONNECTIONS, timeout=self.timeout_s,
-                socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
-                retry=Retry(NoBackoff(), 0), health_check_interval=0,
-            )
-            client = self._clients[loop] = Redis.from_pool(pool)
-        return client
-
-    def _outage(self, exc: BaseException) -> None:
-        """Serve without the cache for a moment; say so at most once per WARN_EVERY_S."""
-        now = time.monotonic()
-        self._down_until = now + OUTAGE_BACKOFF_S
-        if now - self._warned_at >= WARN_EVERY_S:
-            self._warned_at = now
-            logger.warning("the exact cache is off, Redis failed (%s: %s); failing open",
-                           type(exc).__name__, exc)
 
 
 _store: LocalStore | RedisStore | None = None

@@ -19,17 +19,12 @@ import logging
 import math
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
 from proxy.errors import ApiError
+from proxy.redis_shared import STORE_ERRORS, FailOpen, LoopClients
 from proxy.snapshot import KeyInfo, RouteInfo
 
 logger = logging.getLogger("sluice.ratelimit")
@@ -37,13 +32,9 @@ logger = logging.getLogger("sluice.ratelimit")
 PREFIX = "sluice:rl:"
 WINDOW_S = 60.0  # limits are per minute
 REDIS_TIMEOUT_S = 0.25  # connect and read: a slow Redis must not hold requests up
-REDIS_MAX_CONNECTIONS = 32  # per process and loop; one script call takes ~0.1 ms
-OUTAGE_BACKOFF_S = 1.0  # after a failure, skip Redis this long instead of paying timeouts
-WARN_EVERY_S = 60.0
 CHARS_PER_TOKEN = 4
 MAX_DEPTH = 4  # messages → content → parts → text is three levels
 
-STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 UNITS = {"requests": "requests per min (RPM)", "tokens": "tokens per min (TPM)"}
 
 
@@ -372,25 +363,23 @@ class RedisBuckets:
     def __init__(self, url: str, *, prefix: str = PREFIX,
                  timeout_s: float = REDIS_TIMEOUT_S) -> None:
         self.url, self.prefix, self.timeout_s = url, prefix, timeout_s
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._clients = LoopClients(url, timeout_s=timeout_s, build=lambda client: (
+            client, client.register_script(_LUA_TAKE), client.register_script(_LUA_ADJUST)))
         self._tasks: set[asyncio.Task] = set()  # settle tasks, held until done
-        self._down_until = 0.0
-        self._warned_at = -math.inf
+        self._fail = FailOpen("rate limits are off", log=logger)
 
     async def take(self, limits: Sequence[Limit]) -> list[float] | None:
-        if time.monotonic() < self._down_until:
+        if self._fail.down():
             return None
         args: list[int] = []
         for limit in limits:
             args += (limit.limit, limit.cost)
         try:
-            client, take, _ = self._client()
+            client, take, _ = self._clients.get()
             reply = await take(keys=[self.prefix + limit.name for limit in limits], args=args,
                                client=client)
         except STORE_ERRORS as exc:  # any failure of the store fails open
-            self._outage(exc)
+            self._fail.outage(exc)
             return None
         return [float(level) for level in reply[1:]]
 
@@ -410,7 +399,7 @@ class RedisBuckets:
     async def close(self) -> None:
         """Close the running loop's client (at shutdown, and after each test's loop)."""
         await self.flush()
-        entry = self._clients.pop(asyncio.get_running_loop(), None)
+        entry = self._clients.pop()
         if entry is not None:
             await entry[0].aclose()
 
@@ -420,41 +409,14 @@ class RedisBuckets:
         task.add_done_callback(self._tasks.discard)
 
     async def _adjust(self, limits: Sequence[Limit], delta: int) -> None:
-        if time.monotonic() < self._down_until:
+        if self._fail.down():
             return
         try:
-            client, _, adjust = self._client()
+            client, _, adjust = self._clients.get()
             await adjust(keys=[self.prefix + limit.name for limit in limits],
                          args=[delta, *(limit.limit for limit in limits)], client=client)
         except STORE_ERRORS as exc:  # as for take: fail open
-            self._outage(exc)
-
-    def _client(self) -> tuple[Any, Any, Any]:
-        """The running loop's client and its two scripts (EVALSHA, loaded on first use)."""
-        loop = asyncio.get_running_loop()
-        entry = self._clients.get(loop)
-        if entry is None:
-            # Bounded and blocking: a burst waits briefly for a connection instead of opening
-            # one per request (thousands of connects would time out and fail open).
-            pool = BlockingConnectionPool.from_url(
-                self.url, max_connections=REDIS_MAX_CONNECTIONS, timeout=self.timeout_s,
-                socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
-                retry=Retry(NoBackoff(), 0), health_check_interval=0,
-            )
-            client = Redis.from_pool(pool)
-            entry = (client, client.register_script(_LUA_TAKE),
-                     client.register_script(_LUA_ADJUST))
-            self._clients[loop] = entry
-        return entry
-
-    def _outage(self, exc: BaseException) -> None:
-        """Serve without limits for a moment, and say so at most once per WARN_EVERY_S."""
-        now = time.monotonic()
-        self._down_until = now + OUTAGE_BACKOFF_S
-        if now - self._warned_at >= WARN_EVERY_S:
-            self._warned_at = now
-            logger.warning("rate limits are off, Redis failed (%s: %s); failing open",
-                           type(exc).__name__, exc)
+            self._fail.outage(exc)
 
 
 _buckets: Buckets | None = None

@@ -329,7 +329,7 @@ def test_redis_down_fails_open_and_warns_once(caplog):
         grants = []
         for _ in range(3):
             grants.append(await limits_take(k, ROUTE, tokens=5))
-            store._down_until = 0.0  # try Redis again each time, not only after the back-off
+            store._fail.until = 0.0  # try Redis again each time, not only after the back-off
         limits_settle(grants[0], tokens=50)
         await store.close()
         return grants
