@@ -253,6 +253,9 @@ async def _cache_lookup(plan: CachePlan, log: CallLog, body: dict[str, Any],
             answer = replay.answer_parse(found.answer)
             if answer is not None:
                 log.cache = "semantic"
+                if plan.key is not None and plan.store:
+                    # The same words again next time: an exact hit, without the embedder.
+                    cache_store(plan.key, found.answer, ttl_s=log.route.cache_ttl_s)
                 return answer
         else:
             log.cache = found  # "miss", or "skipped" when the embedder could not look

@@ -385,3 +385,22 @@ def test_an_answer_from_the_small_model_is_found_by_a_paraphrase(sdk, semantic_d
 
     assert first.headers["x-sluice-decision"].startswith("small")
     assert second.headers["x-sluice-cache"] == "semantic"
+
+
+def test_a_paraphrase_served_semantically_is_an_exact_hit_when_asked_again(
+        sdk, semantic_default, flush_calls):
+    Route.objects.filter(name="default").update(cache_exact=True)
+    snapshot_reload()
+    tag = uuid.uuid4().hex[:6]  # the exact cache lives in Redis, which outlives test runs
+    ask(sdk, "How do I reverse a list in Python?", seed=int(tag, 16))
+    deadline = time.monotonic() + 10
+    while not len(semantic.indexes_get().get("default", max_entries=100)):
+        assert time.monotonic() < deadline, "the answer was not stored"
+        time.sleep(0.02)
+
+    paraphrase = ask(sdk, "What's the way to reverse a Python list?", seed=int(tag, 16))
+    time.sleep(0.2)  # the exact entry is written just after the answer
+    again = ask(sdk, "What's the way to reverse a Python list?", seed=int(tag, 16))
+
+    assert [paraphrase.headers["x-sluice-cache"], again.headers["x-sluice-cache"]] == [
+        "semantic", "exact"]
