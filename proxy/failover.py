@@ -33,7 +33,7 @@ from proxy.errors import overloaded
 from proxy.pool import FAILED, Lease, NoCandidate, backend_available, backend_state, slot_acquire
 from proxy.schemas import upstream_body
 from proxy.snapshot import BackendInfo, RouteInfo, Snapshot, Timeouts, timeouts_default
-from proxy.upstream import UpstreamError, upstream_error, upstream_post
+from proxy.upstream import UpstreamError, body_drain, upstream_error, upstream_post
 from proxy.window import WindowCounter
 
 # Statuses a vLLM server answers when it, not the request, is the problem.
@@ -265,12 +265,7 @@ def _attempt_failed(log: CallLog, lease: Lease, why: str) -> None:
 
 
 async def _status_error(response: aiohttp.ClientResponse) -> UpstreamStatusError:
-    try:
-        payload = await response.read()
-    except (TimeoutError, aiohttp.ClientError):
-        payload = b""
-    finally:
-        response.release()
+    payload = await body_drain(response)
     headers = {}
     if retry_after := response.headers.get("Retry-After"):
         headers["Retry-After"] = retry_after

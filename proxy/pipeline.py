@@ -41,6 +41,7 @@ from proxy.routing import route_resolve
 from proxy.schemas import body_parse, body_read, wants_stream, wants_usage_chunk
 from proxy.semantic import SemanticHit, semantic_lookup, semantic_store
 from proxy.snapshot import RouteInfo, Snapshot, snapshot_current
+from proxy.upstream import body_drain
 
 logger = logging.getLogger("sluice.proxy")
 
@@ -148,12 +149,7 @@ async def _body_relay(upstream: aiohttp.ClientResponse, log: CallLog) -> HttpRes
 
 async def _upstream_error_relay(upstream: aiohttp.ClientResponse, log: CallLog) -> HttpResponse:
     """The backend refused: pass its status on, in OpenAI's error shape."""
-    try:
-        payload = await upstream.read()
-    except (TimeoutError, aiohttp.ClientError):
-        payload = b""
-    finally:
-        upstream.release()
+    payload = await body_drain(upstream)
     shaped, error_type = sse.error_normalise(payload, status=upstream.status)
     log.fail(upstream.status, error_type)
     return HttpResponse(shaped, status=upstream.status, content_type="application/json")

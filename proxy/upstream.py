@@ -98,6 +98,17 @@ def upstream_error(backend: BackendInfo, exc: BaseException) -> UpstreamError:
     raise exc
 
 
+async def body_drain(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body of an answer Sluice will not stream (b"" if the backend fails while
+    sending it), the connection handed back either way."""
+    try:
+        return await response.read()
+    except (TimeoutError, aiohttp.ClientError):
+        return b""
+    finally:
+        response.release()
+
+
 async def upstream_health(backend: BackendInfo, *, timeout_s: float = 2.0) -> bool:
     """vLLM answers GET /health with 200 while its engine is up."""
     try:

@@ -343,6 +343,14 @@ def semantic_default(gateway, embedder):
     semantic.indexes_get().forget("default")
 
 
+def stored_wait() -> None:
+    """The answer is indexed just after the call: wait for it."""
+    deadline = time.monotonic() + 10
+    while not len(semantic.indexes_get().get("default", max_entries=100)):
+        assert time.monotonic() < deadline, "the answer was not stored"
+        time.sleep(0.02)
+
+
 def ask(sdk, question: str, **params):
     return sdk.chat.completions.with_raw_response.create(
         model="default", messages=[{"role": "user", "content": question}], temperature=0,
@@ -352,10 +360,7 @@ def ask(sdk, question: str, **params):
 def test_a_paraphrase_is_served_by_the_gateway_from_the_semantic_cache(sdk, semantic_default,
                                                                       flush_calls):
     first = ask(sdk, "How do I reverse a list in Python?")
-    deadline = time.monotonic() + 10
-    while not len(semantic.indexes_get().get("default", max_entries=100)):
-        assert time.monotonic() < deadline, "the answer was not stored"
-        time.sleep(0.02)
+    stored_wait()
 
     second = ask(sdk, "What's the way to reverse a Python list?")
     near = ask(sdk, "How do I reverse a string in Python?")
@@ -377,10 +382,7 @@ def test_an_answer_from_the_small_model_is_found_by_a_paraphrase(sdk, semantic_d
         Route.objects.filter(name="default").update(small_model="small-model")
         snapshot_reload()
         first = ask(sdk, "How do I reverse a list in Python?")
-        deadline = time.monotonic() + 10
-        while not len(semantic.indexes_get().get("default", max_entries=100)):
-            assert time.monotonic() < deadline, "the answer was not stored"
-            time.sleep(0.02)
+        stored_wait()
         second = ask(sdk, "What's the way to reverse a Python list?")
 
     assert first.headers["x-sluice-decision"].startswith("small")
@@ -393,10 +395,7 @@ def test_a_paraphrase_served_semantically_is_an_exact_hit_when_asked_again(
     snapshot_reload()
     tag = uuid.uuid4().hex[:6]  # the exact cache lives in Redis, which outlives test runs
     ask(sdk, "How do I reverse a list in Python?", seed=int(tag, 16))
-    deadline = time.monotonic() + 10
-    while not len(semantic.indexes_get().get("default", max_entries=100)):
-        assert time.monotonic() < deadline, "the answer was not stored"
-        time.sleep(0.02)
+    stored_wait()
 
     paraphrase = ask(sdk, "What's the way to reverse a Python list?", seed=int(tag, 16))
     time.sleep(0.2)  # the exact entry is written just after the answer
