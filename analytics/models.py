@@ -31,7 +31,11 @@ class Call(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     cache = models.CharField(max_length=16, choices=CacheOutcome.choices, default=CacheOutcome.MISS)
-    routing_decision = models.CharField(max_length=32, blank=True)
+    backend_reason = models.CharField(
+        max_length=32, blank=True,
+        help_text="Why the backend was picked: prefix_hit, session, least_load, bounded_load, "
+        "round_robin, only_choice.",
+    )
     latency_ms = models.FloatField()
     ttft_ms = models.FloatField(null=True, blank=True)
     retries = models.PositiveSmallIntegerField(

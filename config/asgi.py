@@ -1,7 +1,8 @@
 """ASGI entry point: Django, wrapped to handle the lifespan events Django ignores, and to
 serve the proxy's hot path without middleware.
 
-Start-up loads the config snapshot, starts the call-log writer and the background loops.
+Start-up loads the config snapshot, starts the call-log writer and the background loops
+(config refresh, health probes, the backends' /metrics scrape).
 Shut-down runs after the server has let in-flight requests (streams included) finish: it
 stops the loops, closes the upstream client and flushes every buffered call record.
 
@@ -43,6 +44,7 @@ BARE_PATHS = ("/v1/", "/health", "/ready", "/tokenize", "/detokenize")
 from analytics.recorder import recorder  # noqa: E402
 from proxy.background import config_refresh_loop, health_loop  # noqa: E402
 from proxy.cache import cache_close  # noqa: E402
+from proxy.loadscrape import load_scrape_loop  # noqa: E402
 from proxy.ratelimit import limits_close  # noqa: E402
 from proxy.semantic import semantic_start  # noqa: E402
 from proxy.snapshot import snapshot_reload  # noqa: E402
@@ -86,7 +88,8 @@ class LifespanApp:
         semantic_start()  # loads the embedder in the background if a route needs it
         recorder.start()
         self._tasks = [asyncio.create_task(config_refresh_loop()),
-                       asyncio.create_task(health_loop())]
+                       asyncio.create_task(health_loop()),
+                       asyncio.create_task(load_scrape_loop())]
         # Everything loaded so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise stall every open stream at once.
         gc.collect()

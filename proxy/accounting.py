@@ -27,7 +27,7 @@ class CallLog:
         "served_model", "backend", "stream", "status_code", "error_type", "prompt_tokens",
         "completion_tokens", "ttft_ms", "finished", "lease", "retries", "fallback_used",
         "queue_ms", "grant", "cache", "decision", "decision_score", "prompt_tokens_saved",
-        "prompt_tokens_sent_estimate",
+        "prompt_tokens_sent_estimate", "backend_reason",
     )
 
     def __init__(self, *, endpoint: str) -> None:
@@ -57,11 +57,13 @@ class CallLog:
         self.decision_score: float | None = None
         self.prompt_tokens_saved = 0  # removed by prompt compression
         self.prompt_tokens_sent_estimate = 0  # what compression left, by the same estimate
+        self.backend_reason = ""  # why the scheduler picked the backend (proxy/scheduler.py)
 
     def lease_take(self, lease: Lease, *, fallback: bool) -> None:
         """The call now occupies a slot on `lease.backend` until `finish()` releases it."""
         self.lease = lease
         self.backend, self.served_model = lease.backend.name, lease.backend.model
+        self.backend_reason = lease.reason
         self.fallback_used = fallback
 
     def lease_drop(self) -> None:
@@ -138,6 +140,7 @@ class CallLog:
             "requested_model": _clip(self.requested_model, 200),
             "served_model": _clip(served, 200),
             "backend": _clip(self.backend, 100),
+            "backend_reason": self.backend_reason,
             "status_code": self.status_code,
             "error_type": _clip(self.error_type, 64),
             "stream": self.stream,

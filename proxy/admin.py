@@ -24,8 +24,9 @@ class BackendAdmin(admin.ModelAdmin):
 
 @admin.register(Route)
 class RouteAdmin(admin.ModelAdmin):
-    list_display = ["name", "model", "baseline_model", "small_model", "cache_exact",
-                    "cache_semantic", "fallbacks", "rpm_limit", "tpm_limit", "enabled"]
+    list_display = ["name", "model", "baseline_model", "balance_policy", "small_model",
+                    "cache_exact", "cache_semantic", "fallbacks", "rpm_limit", "tpm_limit",
+                    "enabled"]
     list_editable = ["enabled"]
     search_fields = ["name", "model"]
     fieldsets = [
@@ -35,6 +36,7 @@ class RouteAdmin(admin.ModelAdmin):
             "semantic_threshold", "semantic_max_entries", "small_model", "downroute_threshold",
             "prompt_token_budget",
         ]}),
+        ("Load balancing", {"fields": ["balance_policy", "balance_weights"]}),
         ("Failover", {"fields": ["fallbacks", "max_attempts"]}),
         ("Timeouts in seconds (blank: the SLUICE_UPSTREAM_*_TIMEOUT_S settings)", {
             "fields": ["connect_timeout_s", "ttfb_timeout_s", "idle_timeout_s",

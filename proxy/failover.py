@@ -31,6 +31,7 @@ from proxy.accounting import CallLog
 from proxy.endpoints import Endpoint
 from proxy.errors import overloaded
 from proxy.pool import FAILED, Lease, NoCandidate, backend_available, backend_state, slot_acquire
+from proxy.scheduler import Hint
 from proxy.schemas import upstream_body
 from proxy.snapshot import BackendInfo, RouteInfo, Snapshot, Timeouts, timeouts_default
 from proxy.upstream import UpstreamError, body_drain, upstream_error, upstream_post
@@ -96,12 +97,14 @@ budget = RetryBudget()
 class Plan:
     """The models a request may be served by, in order, and the backends it has tried."""
 
-    __slots__ = ("chain", "snapshot", "max_attempts", "index", "attempts", "tried")
+    __slots__ = ("chain", "snapshot", "max_attempts", "index", "attempts", "tried", "hint")
 
-    def __init__(self, chain: tuple[str, ...], snapshot: Snapshot, max_attempts: int) -> None:
+    def __init__(self, chain: tuple[str, ...], snapshot: Snapshot, max_attempts: int,
+                 hint: Hint | None = None) -> None:
         self.chain = chain
         self.snapshot = snapshot
         self.max_attempts = max_attempts
+        self.hint = hint  # how to choose among a model's backends (None: in turn)
         self.index = 0  # the model of the chain being tried
         self.attempts = 0  # attempts on that model so far
         self.tried: set[BackendInfo] = set()
@@ -145,14 +148,15 @@ def chain_resolve(route: RouteInfo, snapshot: Snapshot) -> tuple[str, ...]:
 
 
 async def upstream_open(log: CallLog, snapshot: Snapshot, endpoint: Endpoint,
-                        body: dict[str, Any]) -> Opened:
+                        body: dict[str, Any], hint: Hint | None = None) -> Opened:
     """Start the answer, retrying and falling back as the module docstring says; raise an
-    `ApiError` (the last attempt's) when nothing could start it."""
+    `ApiError` (the last attempt's) when nothing could start it. `hint` chooses among each
+    model's backends (proxy/scheduler.py)."""
     route = log.route
     assert route is not None
     timeouts = route.timeouts or timeouts_default()
     plan = Plan(chain_resolve(route, snapshot), snapshot,
-                route.max_attempts or settings.SLUICE_RETRY_MAX_ATTEMPTS)
+                route.max_attempts or settings.SLUICE_RETRY_MAX_ATTEMPTS, hint)
     deadline = time.monotonic() + timeouts.total
     budget.request()
 
@@ -250,7 +254,8 @@ async def _lease_take(plan: Plan, log: CallLog, deadline: float) -> Lease:
         queue_timeout = min(settings.SLUICE_QUEUE_TIMEOUT_S, max(0.0, deadline - time.monotonic()))
         waited = time.perf_counter()
         try:
-            return await slot_acquire(model, candidates, timeout_s=queue_timeout)
+            return await slot_acquire(model, candidates, timeout_s=queue_timeout,
+                                      hint=plan.hint)
         except NoCandidate:
             plan.model_done()
         finally:

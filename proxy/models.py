@@ -61,6 +61,15 @@ class Backend(models.Model):
         return f"{self.name} ({self.model} @ {self.base_url})"
 
 
+class BalancePolicy(models.TextChoices):
+    """How a route picks among the backends of a model that may take the request."""
+
+    ROUND_ROBIN = "round_robin", "Round robin: each in turn"
+    LEAST_LOAD = "least_load", "Least load: in-flight, waiting and KV-cache usage"
+    PREFIX_AWARE = "prefix_aware", "Prefix-aware: the backend that holds the prompt's prefix"
+    SESSION = "session", "Session: the same user / x-session-id sticks to one backend"
+
+
 class Route(models.Model):
     """An alias that apps put in the `model` field; it sends them to a served model."""
 
@@ -133,6 +142,16 @@ class Route(models.Model):
         help_text="Longest prompt in tokens; longer conversations lose their oldest turns "
         "(the system prompt and the latest turns are kept). Blank: no compression.",
     )
+    balance_policy = models.CharField(
+        max_length=16, choices=BalancePolicy.choices, default=BalancePolicy.PREFIX_AWARE,
+        help_text="How a backend is picked. Prefix-aware and session fall back to the least "
+        "loaded backend when theirs is overloaded (bounded load).",
+    )
+    balance_weights = models.CharField(
+        max_length=200, blank=True,
+        help_text="Scorer weights, e.g. 'prefix=1, load=1, kv=0.5, session=2' "
+        "(blank: the policy's defaults; see the README).",
+    )
     rpm_limit = models.PositiveIntegerField(
         null=True, blank=True, help_text="Requests per minute on this route, all keys together."
     )
@@ -152,6 +171,12 @@ class Route(models.Model):
     def clean(self) -> None:
         if self.name in self.fallback_names() or self.model in self.fallback_names():
             raise ValidationError({"fallbacks": "A route cannot fall back to itself."})
+        from proxy.scheduler import WeightsError, weights_parse
+
+        try:
+            weights_parse(self.balance_weights)
+        except WeightsError as exc:
+            raise ValidationError({"balance_weights": str(exc)}) from None
 
 
 class ApiKey(models.Model):

@@ -24,10 +24,16 @@ class BackendOut(Schema):
     latency_ms: float | None  # moving average of the calls it served
     retry_after_s: float  # until an open breaker lets a probe through
     reason: str  # why the breaker last changed state
+    # What the backend itself last reported on /metrics (None: not scraped, or stale)
+    running: int | None = None  # vllm:num_requests_running
+    waiting: int | None = None  # vllm:num_requests_waiting
+    kv_cache_usage: float | None = None  # vllm:kv_cache_usage_perc, 0-1
+    prefix_cache_hit_rate: float | None = None  # hits / queries since the previous scrape
 
 
 @router.get("/backends", response=list[BackendOut])
 def backends(request):
     """Each backend's circuit-breaker state, in-flight count, queue, recent error rate and
-    latency, as this web process sees them (breakers are per process, like Envoy's)."""
+    latency, as this web process sees them (breakers are per process, like Envoy's), and the
+    load it reports on its own /metrics."""
     return backends_report(snapshot_current())

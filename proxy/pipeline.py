@@ -6,7 +6,8 @@
 4. rate limit                    (ratelimit: RPM and TPM per key and per route)
 5. cost steps                    (cache: exact, semantic; downroute: small-model routing by
                                   the classifier, prompt compression)
-6. pick a backend, send, retry   (failover + pool: breaker, slots and queue, timeouts,
+6. pick a backend, send, retry   (scheduler: the route's policy, load and prefix aware;
+                                  failover + pool: breaker, slots and queue, timeouts,
                                   retries before the first byte, the fallback chain)
 7. relay                         (bytes passed through; a broken stream ends with an error event)
 8. account                       (accounting + sse: usage, cost, one record to the writer)
@@ -38,6 +39,7 @@ from proxy.errors import ApiError, error_body
 from proxy.failover import Opened, upstream_open
 from proxy.ratelimit import limits_settle, limits_take, tokens_estimate
 from proxy.routing import route_resolve
+from proxy.scheduler import hint_build
 from proxy.schemas import body_parse, body_read, wants_stream, wants_usage_chunk
 from proxy.semantic import SemanticHit, semantic_lookup, semantic_store
 from proxy.snapshot import RouteInfo, Snapshot, snapshot_current
@@ -79,7 +81,10 @@ async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpRespo
                         snapshot=snapshot)
         # 5c. Prompt compression: what is sent may be shorter than what the app sent.
         sent = compression_apply(log, body, endpoint=endpoint)
-        opened = await upstream_open(log, snapshot, endpoint, sent)
+        # 6. The backend: the route's policy weighs load, prefix and session (what is sent is
+        # what the backend will have in its prefix cache).
+        hint = hint_build(log.route, sent, endpoint=endpoint.name, headers=request.headers)
+        opened = await upstream_open(log, snapshot, endpoint, sent, hint)
     except ApiError as exc:
         log.fail(exc.status, exc.code or exc.type)
         log.finish(snapshot)
@@ -348,6 +353,7 @@ def _tagged(response: HttpResponseBase, log: CallLog) -> HttpResponseBase:
             response["x-sluice-cache"] = log.cache
     if log.backend:
         response["x-sluice-backend"] = log.backend
+        response["x-sluice-backend-reason"] = log.backend_reason
     if log.retries:
         response["x-sluice-retries"] = str(log.retries)
     if log.fallback_used:

@@ -2,8 +2,10 @@
 the slots a request takes on a backend; the queue it waits in when every backend is full.
 
 This state is per replica by nature (as Envoy keeps it per host), so it lives in memory and is
-touched only from the event loop. Backends are picked in turn among those with a free slot and a
-breaker that lets traffic through; load-aware balancing extends `_pick`.
+touched only from the event loop. Among the backends with a free slot and a breaker that lets
+traffic through, the route's policy picks one (proxy/scheduler.py: round robin, least load,
+prefix-aware, session), reading the own in-flight counts kept here and the load each backend
+last reported on its /metrics (proxy/loadscrape.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from django.conf import settings
 
 from proxy.breaker import Breaker, BreakerPolicy
 from proxy.errors import overloaded
+from proxy.scheduler import REASON_ONLY, REASON_RR, Hint, scheduler_get
 from proxy.snapshot import BackendInfo, Snapshot, snapshot_current
 from proxy.upstream import upstream_health
 
@@ -35,6 +38,12 @@ class BackendState:
     healthy: bool = True  # the last /health probe's verdict
     latency_ms: float | None = None  # moving average of calls it served
     served: int = 0
+    # What the backend last reported on its /metrics (zero when unknown or stale).
+    waiting: int = 0
+    running: int = 0
+    kv_usage: float = 0.0
+    prefix_hit_rate: float | None = None  # its prefix cache's, since the previous scrape
+    scraped_at: float = 0.0  # time.monotonic() of the last good scrape; 0: never
 
 
 # Keyed by the whole BackendInfo: a backend re-pointed in the admin (new URL, say) starts
@@ -71,12 +80,13 @@ def backend_available(backend: BackendInfo) -> bool:
 class Lease:
     """One request's slot on one backend, from the pick until `release`."""
 
-    __slots__ = ("backend", "state", "released")
+    __slots__ = ("backend", "state", "released", "reason")
 
-    def __init__(self, backend: BackendInfo, state: BackendState) -> None:
+    def __init__(self, backend: BackendInfo, state: BackendState, reason: str) -> None:
         self.backend = backend
         self.state = state
         self.released = False
+        self.reason = reason  # why the scheduler picked it
 
     def release(self, outcome: str, *, latency_ms: float | None = None, why: str = "") -> None:
         """Free the slot (waking the model's queue) and tell the breaker how it went."""
@@ -101,21 +111,25 @@ class Lease:
             queue[0].set()
 
 
-def _pick(model: str, free: Sequence[BackendInfo]) -> BackendInfo:
-    turn = next(_turns.setdefault(model, itertools.count()))
-    return free[turn % len(free)]
-
-
-def _take_free(model: str, candidates: Sequence[BackendInfo]) -> Lease | None:
-    free = [b for b in candidates
-            if backend_state(b).in_flight < b.max_concurrency and backend_available(b)]
+def _take_free(model: str, candidates: Sequence[BackendInfo], hint: Hint | None) -> Lease | None:
+    free, states = [], []
+    for b in candidates:
+        state = backend_state(b)
+        if state.in_flight < b.max_concurrency and state.breaker.available():
+            free.append(b)
+            states.append(state)
     if not free:
         return None
-    backend = _pick(model, free)
-    state = backend_state(backend)
+    if hint is not None:
+        index, reason = scheduler_get().choose(free, states, hint)
+    elif len(free) == 1:
+        index, reason = 0, REASON_ONLY
+    else:
+        index, reason = next(_turns.setdefault(model, itertools.count())) % len(free), REASON_RR
+    backend, state = free[index], states[index]
     state.breaker.admit()
     state.in_flight += 1
-    return Lease(backend, state)
+    return Lease(backend, state, reason)
 
 
 class NoCandidate(Exception):
@@ -123,24 +137,25 @@ class NoCandidate(Exception):
 
 
 async def slot_acquire(model: str, candidates: Sequence[BackendInfo], *,
-                       timeout_s: float) -> Lease:
-    """A slot on one of `candidates` (backends of `model`): at once when one is free and nobody
-    is waiting, else in arrival order as slots free up, for at most `timeout_s`. A full queue
-    or an expired wait is a 503 with Retry-After."""
+                       timeout_s: float, hint: Hint | None = None) -> Lease:
+    """A slot on one of `candidates` (backends of `model`), chosen by `hint`'s weights (None:
+    in turn): at once when one is free and nobody is waiting, else in arrival order as slots
+    free up, for at most `timeout_s`. A full queue or an expired wait is a 503 with
+    Retry-After."""
     queue = _queues.setdefault(model, deque())
     if not queue:
-        lease = _take_free(model, candidates)
+        lease = _take_free(model, candidates, hint)
         if lease is not None:
             return lease
     if len(queue) >= settings.SLUICE_QUEUE_MAX:
         raise overloaded(f"Every backend of {model} is busy and {len(queue)} requests are "
                          "already waiting; try again shortly.", retry_after_s=1,
                          code="queue_full")
-    return await _queued(model, candidates, queue, timeout_s)
+    return await _queued(model, candidates, queue, timeout_s, hint)
 
 
 async def _queued(model: str, candidates: Sequence[BackendInfo], queue: deque[asyncio.Event],
-                  timeout_s: float) -> Lease:
+                  timeout_s: float, hint: Hint | None) -> Lease:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     turn = asyncio.Event()
@@ -150,7 +165,7 @@ async def _queued(model: str, candidates: Sequence[BackendInfo], queue: deque[as
             if queue[0] is turn:
                 if not any(backend_available(b) for b in candidates):
                     raise NoCandidate(model)
-                lease = _take_free(model, candidates)
+                lease = _take_free(model, candidates, hint)
                 if lease is not None:
                     return lease
             remaining = deadline - loop.time()
@@ -218,6 +233,11 @@ class BackendReport:
     latency_ms: float | None
     retry_after_s: float
     reason: str = field(default="")
+    # Its own /metrics, as last scraped (None: never, or stale).
+    running: int | None = None
+    waiting: int | None = None
+    kv_cache_usage: float | None = None
+    prefix_cache_hit_rate: float | None = None
 
 
 def backends_report(snapshot: Snapshot) -> list[BackendReport]:
@@ -233,5 +253,15 @@ def backends_report(snapshot: Snapshot) -> list[BackendReport]:
             consecutive_failures=breaker.consecutive_failures,
             latency_ms=round(state.latency_ms, 3) if state.latency_ms is not None else None,
             retry_after_s=round(breaker.retry_after_s(), 3), reason=breaker.reason,
+            **_scraped(state),
         ))
     return reports
+
+
+def _scraped(state: BackendState) -> dict:
+    if not state.scraped_at:
+        return {}
+    return {"running": state.running, "waiting": state.waiting,
+            "kv_cache_usage": round(state.kv_usage, 4),
+            "prefix_cache_hit_rate": (None if state.prefix_hit_rate is None
+                                      else round(state.prefix_hit_rate, 4))}

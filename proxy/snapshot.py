@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from types import MappingProxyType
 
+from proxy.scheduler import POLICY_WEIGHTS, Weights, WeightsError, weights_for
+
 logger = logging.getLogger("sluice.snapshot")
 
 
@@ -68,6 +70,9 @@ class RouteInfo:
     small_model: str = ""  # a route or a served model; "": no down-routing
     downroute_threshold: float = 0.5
     prompt_token_budget: int = 0  # 0: no compression
+    # Backend choice (proxy/scheduler.py): the policy's weights, None for round robin.
+    balance_policy: str = "prefix_aware"
+    balance: Weights | None = POLICY_WEIGHTS["prefix_aware"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +192,19 @@ def _route_info(route, defaults: Timeouts) -> RouteInfo:
         small_model=route.small_model.strip(),
         downroute_threshold=route.downroute_threshold,
         prompt_token_budget=route.prompt_token_budget or 0,
+        balance_policy=route.balance_policy,
+        balance=_balance_weights(route),
     )
+
+
+def _balance_weights(route) -> Weights | None:
+    """A route's weights; a value the admin's check let through but that no longer parses
+    (edited in the database by hand) falls back to the policy's defaults, loudly."""
+    try:
+        return weights_for(route.balance_policy, route.balance_weights.strip())
+    except WeightsError as exc:
+        logger.warning("route %s: balance weights ignored: %s", route.name, exc)
+        return weights_for(route.balance_policy)
 
 
 def snapshot_reload() -> Snapshot:

@@ -4,6 +4,10 @@ It answers chat, completions, responses, embeddings, rerank, score, tokenize and
 like ``vllm serve``. The fault flags set the starting values of what ``POST /sim/faults``
 changes at run time (``GET /sim/faults`` shows them).
 
+Prefill costs only the prompt tokens the prefix cache lacks: the first token comes after
+--ttft-ms plus uncached tokens / --prefill-tokens-per-s; with --shared-prefill concurrent
+prefills take turns on the GPU, in admission order.
+
 Once listening it prints ``SIMULATOR_LISTENING port=<n>`` on stdout (flushed), so a parent that
 passed ``--port 0`` learns the port without a race (see :mod:`simulator.process`).
 """
@@ -56,7 +60,7 @@ def _non_negative(value: str) -> float:
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
     d = Config()
     p = argparse.ArgumentParser(prog="python -m simulator",
-                                description="\n\n".join(__doc__.split("\n\n")[:2]),
+                                description="\n\n".join(__doc__.split("\n\n")[:3]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
@@ -66,12 +70,24 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Confi
     p.add_argument("--tokens-per-s", type=_positive, default=d.tokens_per_s,
                    help="decode speed of one sequence when it runs alone")
     p.add_argument("--prefill-tokens-per-s", type=_positive, default=d.prefill_tokens_per_s,
-                   help="prompt tokens prefilled per second (adds to TTFT)")
+                   help="uncached prompt tokens prefilled per second, added to TTFT (e.g. "
+                        "8000: a 4,000-token uncached history costs ~500 ms)")
     p.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs,
                    help="sequences in one continuous batch; the rest wait FIFO")
     p.add_argument("--max-model-len", type=int, default=d.max_model_len)
     p.add_argument("--kv-cache-tokens", type=int, default=d.kv_cache_tokens,
-                   help="KV-cache capacity in tokens (0: max-num-seqs * 1024)")
+                   help="KV-cache capacity in tokens (0: max-num-seqs * 1024), shared by "
+                        "running sequences and the prefix cache")
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                   default=d.enable_prefix_caching,
+                   help="reuse the KV of cached leading prompt blocks, as vLLM v1 does by "
+                        "default; their tokens cost no prefill (default: on)")
+    p.add_argument("--block-size", type=_positive_int, default=d.block_size,
+                   help="tokens per KV-cache block; only full blocks are cached")
+    p.add_argument("--shared-prefill", action=argparse.BooleanOptionalAction,
+                   default=d.shared_prefill,
+                   help="prefill concurrent requests one after another on one GPU lane, in "
+                        "admission order (default: off, each prefills as if alone)")
     p.add_argument("--embedding-dim", type=_positive_int, default=d.embedding_dim,
                    help="length of /v1/embeddings vectors (requests may ask for fewer)")
     p.add_argument("--error-rate", type=_rate, default=d.error_rate,
@@ -90,7 +106,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Confi
     config = Config(model=args.model, ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s,
                     prefill_tokens_per_s=args.prefill_tokens_per_s,
                     max_num_seqs=max(1, args.max_num_seqs), max_model_len=args.max_model_len,
-                    kv_cache_tokens=args.kv_cache_tokens, error_rate=args.error_rate,
+                    kv_cache_tokens=args.kv_cache_tokens,
+                    enable_prefix_caching=args.enable_prefix_caching,
+                    block_size=args.block_size, shared_prefill=args.shared_prefill,
+                    error_rate=args.error_rate,
                     error_status=args.error_status,
                     mid_stream_error_rate=args.mid_stream_error_rate,
                     ttfb_delay_ms=args.ttfb_delay_ms, embedding_dim=args.embedding_dim,

@@ -4,6 +4,12 @@ vLLM runs up to ``max_num_seqs`` sequences in one batch and queues the rest; a r
 its queue wait plus prefill, and each running sequence then emits tokens at a rate that drops a
 little as the batch grows. This module models exactly that, with no HTTP in sight, so the
 timing rules can be unit-tested with a plain event loop.
+
+Prefill costs only the prompt tokens the prefix cache (:mod:`simulator.prefix_cache`) does not
+hold: the first token comes ``ttft_s + uncached / prefill_tokens_per_s`` after admission. With
+``shared_prefill`` the prefills of concurrent requests take turns on one lane, in admission
+order, as they share one GPU: a prefill starts when the one before it ends, so uncached prompts
+cost throughput and queueing near capacity, not just their own latency.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from simulator.metrics import Stats
+from simulator.prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache, PromptBlocks
 
 
 @dataclass(frozen=True)
@@ -26,9 +33,11 @@ class TimingModel:
     token_interval_s: float = 1 / 200
     prefill_s_per_token: float = 1 / 50_000
     batch_slowdown: float = 0.002
+    shared_prefill: bool = False
 
     def first_token_delay(self, prompt_tokens: int) -> float:
-        """Time from admission to the first token: fixed overhead plus prefill."""
+        """Time from admission to the first token on an idle engine: fixed overhead plus the
+        prefill of ``prompt_tokens`` (the uncached ones)."""
         return self.ttft_s + self.prefill_s_per_token * prompt_tokens
 
     def token_interval(self, running: int) -> float:
@@ -121,37 +130,87 @@ class Sequence:
     absolute schedule, so event-loop lag makes tokens arrive in bursts rather than late.
     """
 
-    def __init__(self, engine: Engine, prompt_tokens: int, n: int) -> None:
+    def __init__(self, engine: Engine, prompt_tokens: int, n: int,
+                 prompts: list[PromptBlocks], outputs: list[tuple[str, ...]]) -> None:
         self.engine = engine
         self.prompt_tokens = prompt_tokens
         self.n = n
         self.arrival = engine.clock()
         self.admitted_at = 0.0
+        self.cached_tokens = 0
+        self.prefill_start = 0.0
+        self.prefill_done = 0.0
         self.first_token_at = 0.0
         self.emitted = 0
         self.finish_reason = "abort"
         self._due = 0.0
         self._held = prompt_tokens * n
+        self._prompts = prompts
+        self._outputs = outputs
+        self._pinned: list[int] = []
+        self._private = 0
 
     async def __aenter__(self) -> Sequence:
-        await self.engine.scheduler.acquire(self.n, self._held)
-        self.admitted_at = self.engine.clock()
-        self.engine.stats.prompt_tokens += self.prompt_tokens
+        eng = self.engine
+        await eng.scheduler.acquire(self.n, self._held)
+        self.admitted_at = eng.clock()
+        eng.stats.prompt_tokens += self.prompt_tokens
+        if eng.cache is not None:
+            self._look_up(eng.cache)
+        self.prefill_start, self.prefill_done = eng.schedule_prefill(
+            self.admitted_at, self.prompt_tokens - self.cached_tokens)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         eng = self.engine
         eng.scheduler.release(self.n, self._held)
+        if eng.cache is not None:
+            self._cache_done(eng.cache)
+        eng.cancel_prefill(self.prefill_start, self.prefill_done)
         if exc_type is not None:
             self.finish_reason = "abort"
         eng.record_finished(self)
+
+    def _look_up(self, cache: PrefixCache) -> None:
+        """Reuse the cached leading blocks of each prompt and pin all its full blocks.
+
+        The prompt's blocks are cached from admission on, as vLLM caches a block once it is
+        scheduled: a later request can hit them, and with ``shared_prefill`` its own prefill
+        runs after this one's anyway.
+        """
+        for prompt in self._prompts:
+            self.cached_tokens += cache.lookup(prompt.hashes, prompt.tokens)
+            cache.acquire(prompt.hashes)
+            self._pinned += prompt.hashes
+        self._reserve(cache)
+
+    def _reserve(self, cache: PrefixCache) -> None:
+        """Blocks this sequence holds beyond its cached ones leave less room for the cache."""
+        private = max(0, -(-self._held // cache.block_size) - len(self._pinned))
+        cache.reserve(private - self._private)
+        self._private = private
+
+    def _cache_done(self, cache: PrefixCache) -> None:
+        """Cache the full blocks of what was generated, then unpin: the prompt and answer stay
+        cached (least recently used first out) for the conversation's next turn."""
+        cache.reserve(-self._private)
+        self._private = 0
+        grown: list[int] = []
+        if self.emitted and self._prompts and self._outputs:
+            per_prompt = max(1, len(self._outputs) // len(self._prompts))
+            for i, pieces in enumerate(self._outputs):
+                prompt = self._prompts[min(i // per_prompt, len(self._prompts) - 1)]
+                grown += prompt.continued("".join(pieces[:self.emitted]))
+        cache.insert(grown)
+        cache.release(self._pinned)
+        self._pinned = []
 
     async def advance(self, limit: int) -> int:
         """Wait for the next token time; return how many tokens (1..limit) are now due."""
         eng = self.engine
         if self.emitted == 0:
-            self._due = self.admitted_at + eng.timing.first_token_delay(self.prompt_tokens)
+            self._due = self.prefill_done + eng.timing.ttft_s
         else:
             self._due += eng.timing.token_interval(eng.scheduler.running)
         await _sleep_until(self._due, eng.clock)
@@ -168,9 +227,7 @@ class Sequence:
 
     async def prefill(self) -> None:
         """Pooling requests (embeddings, scores): wait out the prefill and generate nothing."""
-        eng = self.engine
-        await _sleep_until(self.admitted_at + eng.timing.first_token_delay(self.prompt_tokens),
-                           eng.clock)
+        await _sleep_until(self.prefill_done + self.engine.timing.ttft_s, self.engine.clock)
 
     async def run_to_end(self, total: int) -> None:
         """Non-streaming: take the same time as streaming ``total`` tokens, in two sleeps."""
@@ -189,6 +246,8 @@ class Sequence:
         self._held += grown
         self.engine.scheduler.grow(grown)
         self.engine.stats.generation_tokens += grown
+        if self.engine.cache is not None:
+            self._reserve(self.engine.cache)
 
 
 async def _sleep_until(deadline: float, clock: Callable[[], float]) -> None:
@@ -204,19 +263,55 @@ async def _sleep_until(deadline: float, clock: Callable[[], float]) -> None:
 
 
 class Engine:
-    """The simulated GPU: a scheduler, a timing model and the stats they feed."""
+    """The simulated GPU: a scheduler, a timing model, a prefix cache and the stats they feed.
+
+    The prefix cache (``prefix_caching``, on by default as in vLLM v1) gets the KV-cache
+    capacity in blocks of ``block_size`` tokens, shared with the running sequences.
+    """
 
     def __init__(self, *, timing: TimingModel, max_num_seqs: int, kv_capacity_tokens: int,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, prefix_caching: bool = True,
+                 block_size: int = DEFAULT_BLOCK_SIZE) -> None:
         self.timing = timing
         self.scheduler = Scheduler(max_num_seqs, kv_capacity_tokens)
+        self.cache = (PrefixCache(kv_capacity_tokens // block_size, block_size)
+                      if prefix_caching else None)
         self.stats = Stats()
         # time.monotonic rather than loop.time(): uvloop caches the latter per loop iteration.
         self.clock = clock or time.monotonic
+        self._lane_free_at = 0.0
 
-    def sequence(self, prompt_tokens: int, n: int = 1) -> Sequence:
-        """A context manager that queues, runs and then releases one request."""
-        return Sequence(self, prompt_tokens, n)
+    def sequence(self, prompt_tokens: int, n: int = 1, *,
+                 prompts: list[PromptBlocks] | None = None,
+                 outputs: list[tuple[str, ...]] | None = None) -> Sequence:
+        """A context manager that queues, runs and then releases one request.
+
+        ``prompts`` are the request's prompts as the prefix cache sees them (none: the request
+        skips the cache, as pooling requests do); ``outputs`` the token pieces of each choice,
+        prompt by prompt, whose generated blocks are cached when the sequence ends.
+        """
+        return Sequence(self, prompt_tokens, n, prompts or [], outputs or [])
+
+    def schedule_prefill(self, now: float, tokens: int) -> tuple[float, float]:
+        """(start, end) of a prefill of ``tokens`` tokens admitted at ``now``.
+
+        Alone on the GPU it starts at once; with ``shared_prefill`` it waits for the lane,
+        keeping an absolute schedule like :meth:`Sequence.advance`.
+        """
+        cost = tokens * self.timing.prefill_s_per_token
+        if not self.timing.shared_prefill:
+            return now, now + cost
+        start = max(now, self._lane_free_at)
+        self._lane_free_at = start + cost
+        return start, self._lane_free_at
+
+    def cancel_prefill(self, start: float, end: float) -> None:
+        """A request gone before its prefill ended gives back the lane time it had left, if
+        no prefill was queued behind it (those keep their schedule)."""
+        if self.timing.shared_prefill and self._lane_free_at == end:
+            now = self.clock()
+            if now < end:
+                self._lane_free_at = max(now, start)
 
     def record_finished(self, seq: Sequence) -> None:
         stats = self.stats

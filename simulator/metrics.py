@@ -93,6 +93,11 @@ class _EngineCollector:
             ("vllm:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens),
             ("vllm:generation_tokens", "Number of generation tokens processed.",
              stats.generation_tokens),
+            ("vllm:prefix_cache_queries",
+             "Prefix cache queries, in terms of number of queried tokens.",
+             eng.cache.queries if eng.cache is not None else 0),
+            ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
+             eng.cache.hits if eng.cache is not None else 0),
         ):
             c = CounterMetricFamily(name, doc, labels=names)
             c.add_metric(labels, value)

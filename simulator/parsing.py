@@ -32,10 +32,12 @@ class ApiError(Exception):
 
 @dataclass
 class Prompt:
-    """One prompt as the model sees it: text for seeding, token count for usage."""
+    """One prompt as the model sees it: text for seeding, token count for usage, and the
+    token ids when the client sent ids (the prefix cache hashes those, or else the text)."""
 
     text: str
     tokens: int
+    ids: list[int] | None = None
 
 
 @dataclass
@@ -131,7 +133,7 @@ def token_list(value: Any, param: str) -> list[int]:
 
 def _ids_prompt(ids: list[int], param: str) -> Prompt:
     """A prompt given as token ids: its text is what the ids decode to."""
-    return Prompt(text.detokenize(token_list(ids, param)), len(ids))
+    return Prompt(text.detokenize(token_list(ids, param)), len(ids), ids)
 
 
 # ---- chat and completions --------------------------------------------------------------------
@@ -188,9 +190,9 @@ def completion_prompts(body: dict[str, Any]) -> list[Prompt]:
         if all(isinstance(p, str) for p in prompt):
             return [text_prompt(p) for p in prompt]
         if _is_ids(prompt):
-            return [Prompt(repr(prompt), len(prompt))]
+            return [Prompt(repr(prompt), len(prompt), prompt)]
         if all(_is_ids(p) for p in prompt):
-            return [Prompt(repr(p), len(p)) for p in prompt]
+            return [Prompt(repr(p), len(p), p) for p in prompt]
     raise bad("prompt must be a string, a list of strings, or a list of token ids", "prompt")
 
 

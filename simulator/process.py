@@ -6,8 +6,13 @@ Example::
         client = openai.OpenAI(base_url=sim.base_url, api_key="x")
 
 Keyword options become CLI flags (``ttft_ms=5`` -> ``--ttft-ms 5``), so new simulator flags
-need no change here. By default the child binds port 0 and reports the port it got, which
-avoids the pick-a-free-port-then-bind race when many test processes start simulators at once.
+need no change here; booleans become on/off switches (``shared_prefill=True`` ->
+``--shared-prefill``, ``prefix_caching=False`` -> ``--no-enable-prefix-caching``), as in
+``SimulatorProcess(prefill_tokens_per_s=8000, kv_cache_tokens=65536, block_size=16,
+shared_prefill=True)``.
+
+By default the child binds port 0 and reports the port it got, which avoids the
+pick-a-free-port-then-bind race when many test processes start simulators at once.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from types import TracebackType
 from typing import Any
 
 _READY_PREFIX = "SIMULATOR_LISTENING port="
+# Keyword names that differ from their flag's.
+_ALIASES = {"prefix_caching": "enable_prefix_caching"}
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -86,7 +93,11 @@ class SimulatorProcess:
         for key, value in self.options.items():
             if value is None:
                 continue
-            cmd += [f"--{key.replace('_', '-')}", str(value)]
+            flag = _ALIASES.get(key, key).replace("_", "-")
+            if isinstance(value, bool):
+                cmd.append(f"--{flag}" if value else f"--no-{flag}")
+            else:
+                cmd += [f"--{flag}", str(value)]
         return cmd + self.extra_args
 
     def start(self) -> SimulatorProcess:

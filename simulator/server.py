@@ -14,8 +14,13 @@ Routes, as ``vllm serve`` has them:
   ``/v1/score`` (also ``/score``): they queue and prefill in the same engine, generate nothing;
 - ``POST /tokenize``, ``/detokenize``, ``GET /v1/models``, ``/health``, ``/metrics``,
   ``/version``;
-- simulator only: ``GET /sim/stats`` (requests per path), ``GET``/``POST /sim/faults``
-  (injected errors and delays, see :mod:`simulator.faults`).
+- simulator only: ``GET /sim/stats`` (requests per path, prefix-cache counters),
+  ``GET``/``POST /sim/faults`` (injected errors and delays, see :mod:`simulator.faults`).
+
+Generation requests go through the prefix cache (:mod:`simulator.prefix_cache`) unless
+``enable_prefix_caching`` is off: only their uncached prompt tokens cost prefill time, and the
+blocks of prompt and answer stay cached for the next turn. Pooling requests skip the cache, as
+vLLM does not prefix-cache pooling models by default, and pay their whole prefill.
 
 Faults hit every generation and pooling route after validation: ``ttfb_delay_ms`` first, then
 ``error_rate`` (an ``error_status`` answer before any byte); ``mid_stream_error_rate`` cuts
@@ -33,13 +38,14 @@ import orjson
 from aiohttp import web
 
 from simulator import pooling, responses, text, wire
-from simulator.engine import Engine, TimingModel
+from simulator.engine import Engine, Sequence, TimingModel
 from simulator.faults import FaultError, Faults, error_type
 from simulator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from simulator.metrics import MetricsRenderer
 from simulator.parsing import (
     ApiError,
     GenRequest,
+    Prompt,
     bad,
     check_pool_lengths,
     common,
@@ -51,6 +57,7 @@ from simulator.parsing import (
     score_pairs,
     token_list,
 )
+from simulator.prefix_cache import DEFAULT_BLOCK_SIZE, PromptBlocks
 
 __all__ = ["ApiError", "Config", "Simulator", "create_app"]
 
@@ -68,6 +75,9 @@ class Config:
     max_num_seqs: int = 256
     max_model_len: int = 8192
     kv_cache_tokens: int = 0  # 0: max_num_seqs * 1024
+    enable_prefix_caching: bool = True
+    block_size: int = DEFAULT_BLOCK_SIZE
+    shared_prefill: bool = False
     error_rate: float = 0.0
     error_status: int = 500
     mid_stream_error_rate: float = 0.0
@@ -89,8 +99,10 @@ class Simulator:
         self.engine = Engine(
             timing=TimingModel(ttft_s=config.ttft_ms / 1000.0,
                                token_interval_s=1.0 / config.tokens_per_s,
-                               prefill_s_per_token=1.0 / config.prefill_tokens_per_s),
-            max_num_seqs=config.max_num_seqs, kv_capacity_tokens=kv)
+                               prefill_s_per_token=1.0 / config.prefill_tokens_per_s,
+                               shared_prefill=config.shared_prefill),
+            max_num_seqs=config.max_num_seqs, kv_capacity_tokens=kv,
+            prefix_caching=config.enable_prefix_caching, block_size=config.block_size)
         self.metrics = MetricsRenderer(self.engine, config.model)
         self.faults = Faults(error_rate=config.error_rate, error_status=config.error_status,
                              mid_stream_error_rate=config.mid_stream_error_rate,
@@ -145,6 +157,15 @@ class Simulator:
                               min_tokens=req.min_tokens, ignore_eos=req.ignore_eos)
                 for p in req.prompts for i in range(req.n)]
 
+    def _blocks(self, prompts: list[Prompt]) -> list[PromptBlocks] | None:
+        """The prompts as the prefix cache sees them (None when caching is off)."""
+        cache = self.engine.cache
+        if cache is None:
+            return None
+        size = cache.block_size
+        return [PromptBlocks.from_ids(p.ids, size) if p.ids is not None
+                else PromptBlocks.from_text(p.text, p.tokens, size) for p in prompts]
+
     async def _prefill(self, prompt_tokens: int) -> None:
         """A pooling request's engine time: queue for a slot, prefill, produce no tokens."""
         async with self.engine.sequence(prompt_tokens, 1) as seq:
@@ -183,13 +204,19 @@ class Simulator:
         if req.stream:
             return await self._stream(request, req, outputs, prompt_tokens, chat=chat)
         completion_tokens = sum(len(o.pieces) for o in outputs)
-        async with self.engine.sequence(prompt_tokens, len(outputs)) as seq:
+        async with self._sequence(req.prompts, outputs) as seq:
             await seq.run_to_end(max(len(o.pieces) for o in outputs))
             seq.finish_reason = outputs[0].finish_reason
         build = wire.chat_response if chat else wire.completion_response
         return _json(build(model=self.config.model,
                            choices=[(o.text, o.finish_reason, o.stop_reason) for o in outputs],
                            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+
+    def _sequence(self, prompts: list[Prompt], outputs: list[text.Completion]) -> Sequence:
+        """The engine sequence of a generation request, through the prefix cache."""
+        return self.engine.sequence(sum(p.tokens for p in prompts), len(outputs),
+                                    prompts=self._blocks(prompts),
+                                    outputs=[o.pieces for o in outputs])
 
     def _break_point(self, total: int) -> int:
         """Where a stream is cut (0: it is not), drawn once per stream."""
@@ -205,7 +232,7 @@ class Simulator:
         resp = web.StreamResponse(headers={"Content-Type": wire.SSE_CONTENT_TYPE})
         await resp.prepare(request)  # vLLM sends headers before the first token
         try:
-            async with self.engine.sequence(prompt_tokens, len(outputs)) as seq:
+            async with self._sequence(req.prompts, outputs) as seq:
                 emitted = 0
                 while emitted < total:
                     step = await seq.advance((break_at or total) - emitted)
@@ -252,25 +279,27 @@ class Simulator:
                                             max_output_tokens=max_tokens)
         prompt_tokens = req.prompts[0].tokens
         if req.stream:
-            return await self._stream_response(request, builder, out, prompt_tokens)
-        async with self.engine.sequence(prompt_tokens, 1) as seq:
+            return await self._stream_response(request, builder, out, req.prompts)
+        async with self._sequence(req.prompts, [out]) as seq:
             await seq.run_to_end(len(out.pieces))
             seq.finish_reason = out.finish_reason
         return _json(orjson.dumps(builder.final(out.text, out.finish_reason, prompt_tokens,
                                                 len(out.pieces))))
 
     async def _stream_response(self, request: web.Request, builder: responses.ResponseBuilder,
-                               out: text.Completion, prompt_tokens: int) -> web.StreamResponse:
+                               out: text.Completion, prompts: list[Prompt]
+                               ) -> web.StreamResponse:
         """created + in_progress at once; the item opens with the first token; one delta event
         per non-empty token; the closing events and ``response.completed`` (with usage) last."""
         w = responses.ResponseStream(builder)
+        prompt_tokens = prompts[0].tokens
         pieces, total = out.pieces, len(out.pieces)
         break_at = self._break_point(total)
         resp = web.StreamResponse(headers={"Content-Type": wire.SSE_CONTENT_TYPE})
         await resp.prepare(request)
         try:
             await resp.write(w.opening())
-            async with self.engine.sequence(prompt_tokens, 1) as seq:
+            async with self._sequence(prompts, [out]) as seq:
                 emitted = 0
                 while emitted < total:
                     step = await seq.advance((break_at or total) - emitted)
@@ -447,7 +476,9 @@ def create_app(config: Config) -> web.Application:
     app["request_counts"] = counts
 
     async def stats(request: web.Request) -> web.Response:
-        return _json(orjson.dumps({"requests": counts}))
+        cache = sim.engine.cache
+        return _json(orjson.dumps({"requests": counts,
+                                   "prefix_cache": cache.as_dict() if cache else None}))
 
     app.router.add_get("/sim/stats", stats)
     app["simulator"] = sim

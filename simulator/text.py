@@ -59,7 +59,7 @@ def tokenize(text: str) -> list[str]:
 
 def count_tokens(text: str) -> int:
     """Number of tokens in ``text`` (same rule as :func:`tokenize`)."""
-    return sum(1 for _ in TOKEN_RE.finditer(text))
+    return len(TOKEN_RE.findall(text))  # faster than counting finditer's match objects
 
 
 class Vocabulary:

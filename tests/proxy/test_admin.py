@@ -9,7 +9,7 @@ from proxy.models import ApiKey, key_hash
 MESSAGES = [{"role": "user", "content": "hi"}]
 # What the route form sends for its fields with defaults when the operator leaves them be.
 ROUTE_DEFAULTS = {"cache_ttl_s": "3600", "semantic_max_entries": "10000",
-                  "downroute_threshold": "0.5"}
+                  "downroute_threshold": "0.5", "balance_policy": "prefix_aware"}
 
 
 def test_a_key_added_in_the_admin_is_shown_once_stored_hashed_and_works_at_once(
@@ -88,3 +88,26 @@ def test_a_route_cannot_fall_back_to_itself(admin_client):
         "fallbacks": "loop", **ROUTE_DEFAULTS})
 
     assert "cannot fall back to itself" in response.content.decode()
+
+
+def test_a_routes_balance_policy_set_in_the_admin_takes_effect_at_once(admin_client, sdk):
+    from proxy.models import Route
+
+    route = Route.objects.get(name="default")
+    admin_client.post(f"/admin/proxy/route/{route.pk}/change/", {
+        "name": "default", "model": "sim-model", "baseline_model": "", "enabled": "on",
+        **ROUTE_DEFAULTS, "balance_policy": "round_robin"})
+
+    answers = [sdk.chat.completions.with_raw_response.create(
+        model="default", messages=MESSAGES, max_tokens=1) for _ in range(2)]
+
+    assert Route.objects.get(name="default").balance_policy == "round_robin"
+    assert {a.headers["x-sluice-backend-reason"] for a in answers} == {"round_robin"}
+
+
+def test_balance_weights_that_do_not_parse_are_refused_in_the_admin(admin_client):
+    response = admin_client.post("/admin/proxy/route/add/", {
+        "name": "weighted", "model": "sim-model", "baseline_model": "", "enabled": "on",
+        **ROUTE_DEFAULTS, "balance_weights": "prefix=lots"})
+
+    assert "is not a number" in response.content.decode()

@@ -26,3 +26,12 @@ def test_it_starts_on_a_chosen_port_and_stops_on_exit():
 def test_it_reports_the_childs_stderr_when_startup_fails():
     with pytest.raises(SimulatorError, match="--no-such-flag"):
         SimulatorProcess(model="m", no_such_flag=1).start()
+
+
+def test_it_passes_boolean_options_as_on_off_switches():
+    cmd = SimulatorProcess(model="m", prefix_caching=False, shared_prefill=True, block_size=32,
+                           prefill_tokens_per_s=8000, kv_cache_tokens=65536).command()
+    assert "--no-enable-prefix-caching" in cmd and "--shared-prefill" in cmd
+    assert cmd[cmd.index("--block-size") + 1] == "32"
+    assert cmd[cmd.index("--prefill-tokens-per-s") + 1] == "8000"
+    assert cmd[cmd.index("--kv-cache-tokens") + 1] == "65536"
