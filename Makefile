@@ -9,7 +9,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: setup run demo test lint bench migrate browser-deps clean
+.PHONY: setup run demo test lint bench bench-routing migrate browser-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,10 @@ test: setup browser-deps lint
 bench: setup
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.costs
+
+# Round robin, least-load and prefix-aware routing on one seeded workload (about 5 minutes).
+bench-routing: setup
+	$(BIN)/python -m bench.routing
 
 clean:
 	rm -rf $(VENV) var

@@ -110,7 +110,37 @@ def in_process() -> list[tuple[str, float, float]]:
     rows.append(("prompt compression: 80 turns to 1,000 tokens", *_timed(
         lambda: compression.compress(long_chat, endpoint="chat/completions",
                                      budget_tokens=1000), 500)))
+    rows += scheduler_rows()
     asyncio.run(semantic_rows())
+    return rows
+
+
+def scheduler_rows() -> list[tuple[str, float, float]]:
+    """The backend choice (proxy/scheduler.py) among 16 backends, hint included: a 4,000-token
+    conversation for prefix-aware (its blocks hashed, matched and remembered each time)."""
+    from types import SimpleNamespace
+
+    from proxy.scheduler import LEAST_LOAD, PREFIX_AWARE, Scheduler, hint_build, weights_for
+    from proxy.snapshot import BackendInfo, RouteInfo
+
+    pool = [BackendInfo(id=i, name=f"b{i}", base_url=f"http://10.0.0.{i}:8000", model="m",
+                        weight=1, max_concurrency=256) for i in range(16)]
+    loads = [SimpleNamespace(in_flight=i % 5, waiting=i % 3, kv_usage=i / 20) for i in range(16)]
+    sched = Scheduler(prefix_blocks=200_000, sessions=100_000, load_factor=1.25, load_slack=4)
+    chat = {"model": "m", "messages": [{"role": "system", "content": "Be concise. " * 60}] + [
+        {"role": role, "content": f"Turn {i}: words about the trip, the food, the sights. " * 6}
+        for i in range(24) for role in ("user", "assistant")]}  # ~16 KB, ~4,000 tokens
+    rows = []
+    for policy, label in ((PREFIX_AWARE, "prefix-aware, 4,000-token conversation"),
+                          (LEAST_LOAD, "least-load")):
+        route = RouteInfo(name="r", model="m", baseline_model="m",
+                          balance=weights_for(policy))
+
+        def decide(route=route):
+            hint = hint_build(route, chat, endpoint="chat/completions", headers={})
+            return sched.choose(pool, loads, hint)
+
+        rows.append((f"backend choice, 16 backends: {label}", *_timed(decide, 5000)))
     return rows
 
 

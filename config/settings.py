@@ -181,12 +181,11 @@ SLUICE_QUEUE_TIMEOUT_S = envfloat("SLUICE_QUEUE_TIMEOUT_S", 30.0)
 # Backend choice (proxy/scheduler.py; the policy is per route in the admin). Affinity to a
 # prefix's or a session's backend holds while its load stays within SLUICE_BALANCE_LOAD_FACTOR
 # times its fair share of the pool's, or within SLUICE_BALANCE_LOAD_SLACK requests of it (at
-# low traffic); prefixes are hashed in blocks of ..._PREFIX_BLOCK_CHARS characters, at most
-# ..._PREFIX_MAX_BLOCKS per request, ..._PREFIX_BLOCKS remembered.
+# low traffic); prefixes are hashed in blocks of ..._PREFIX_BLOCK_CHARS characters (growing
+# by 25 % from the fifth on), ..._PREFIX_BLOCKS of them remembered.
 SLUICE_BALANCE_LOAD_FACTOR = envfloat("SLUICE_BALANCE_LOAD_FACTOR", 1.25)
 SLUICE_BALANCE_LOAD_SLACK = envfloat("SLUICE_BALANCE_LOAD_SLACK", 4.0)
 SLUICE_BALANCE_PREFIX_BLOCK_CHARS = envint("SLUICE_BALANCE_PREFIX_BLOCK_CHARS", 256)
-SLUICE_BALANCE_PREFIX_MAX_BLOCKS = envint("SLUICE_BALANCE_PREFIX_MAX_BLOCKS", 512)
 SLUICE_BALANCE_PREFIX_BLOCKS = envint("SLUICE_BALANCE_PREFIX_BLOCKS", 200_000)
 SLUICE_BALANCE_SESSIONS = envint("SLUICE_BALANCE_SESSIONS", 100_000)
 # How often each backend's /metrics is scraped for its load (0: never; own counts only).

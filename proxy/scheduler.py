@@ -167,8 +167,11 @@ class PrefixTable:
         return matched
 
     def remember(self, hashes: Sequence[int], name: str) -> None:
+        """`name` was sent these blocks. Walked from the last: the leading blocks end up the
+        most recently used, so the LRU drops a chain's tail first and what remains of a chain
+        is always a leading run (as a backend's own cache evicts)."""
         table, per_block = self._table, self.per_block
-        for block in hashes:
+        for block in reversed(hashes):
             names = table.get(block)
             if names is None:
                 table[block] = [name]
@@ -221,37 +224,29 @@ class Scheduler:
         if n == 1:
             return self._chosen(free, hint, 0, REASON_ONLY)
         w = hint.weights
-        matched = (self.prefixes.match(hint.prefix) if w.prefix and hint.prefix else None)
-        pinned = (self.sessions.get(hint.session) if w.session and hint.session else None)
-        blocks = len(hint.prefix)
-        total = capacity = 0
-        for i in range(n):
-            total += loads[i].in_flight + loads[i].waiting
-            capacity += free[i].max_concurrency
-        fair = (total + 1) / capacity  # the pool's load with this request, per unit of slots
-        factor, slack = self.load_factor, self.load_slack
-        best = best_score = None
-        best_affine = spilled = False
-        for j in range(n):
-            i = (start + j) % n
-            backend, load = free[i], loads[i]
-            queued = load.in_flight + load.waiting
-            score = -w.load * queued / backend.max_concurrency - w.kv * load.kv_usage
-            affinity = 0.0
-            if matched:
-                depth = matched.get(backend.name)
-                if depth:
-                    affinity = w.prefix * depth / blocks
+        matched = self.prefixes.match(hint.prefix) if w.prefix and hint.prefix else None
+        pinned = self.sessions.get(hint.session) if w.session and hint.session else None
+        queued = [load.in_flight + load.waiting for load in loads]
+        # The pool's load with this request, per slot: a backend's fair share is that times
+        # its max_concurrency.
+        fair = (sum(queued) + 1) / sum(b.max_concurrency for b in free)
+        w_load, w_kv, w_prefix = w.load, w.kv, (w.prefix / len(hint.prefix) if matched else 0.0)
+        best, best_score, best_affine, spilled = 0, -math.inf, False, False
+        for i in itertools.chain(range(start, n), range(start)):
+            backend = free[i]
+            slots = backend.max_concurrency
+            score = -w_load * queued[i] / slots - w_kv * loads[i].kv_usage
+            affinity = w_prefix * matched.get(backend.name, 0) if matched else 0.0
             if pinned is not None and pinned == backend.name:
                 affinity += w.session
             if affinity:
-                share = fair * backend.max_concurrency
-                if queued + 1 > max(math.ceil(factor * share), share + slack):
+                share = fair * slots
+                if queued[i] + 1 > max(math.ceil(self.load_factor * share),
+                                       share + self.load_slack):
                     spilled, affinity = True, 0.0
                 score += affinity
-            if best_score is None or score > best_score:
+            if score > best_score:
                 best, best_score, best_affine = i, score, affinity > 0
-        assert best is not None
         if best_affine:
             reason = REASON_SESSION if pinned == free[best].name else REASON_PREFIX
         else:

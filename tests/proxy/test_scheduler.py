@@ -187,12 +187,12 @@ def test_a_prompt_without_a_known_prefix_goes_to_the_least_loaded():
     assert (index, reason) == (2, REASON_LOAD)
 
 
-def test_the_prefix_table_forgets_the_least_recently_used_blocks():
+def test_the_prefix_table_forgets_the_least_recently_used_blocks_tail_first():
     table = PrefixTable(max_blocks=4)
     table.remember((1, 2, 3), "b0")
-    table.remember((7, 8), "b1")  # 5 blocks: block 1 goes
+    table.remember((7, 8), "b1")  # 5 blocks: the first chain's last block goes
 
-    assert table.match((1, 2, 3)) == {}
+    assert table.match((1, 2, 3)) == {"b0": 2}
     assert table.match((7, 8)) == {"b1": 2}
     assert len(table) == 4
 
@@ -295,6 +295,30 @@ def test_message_boundaries_are_part_of_the_prefix():
     b = {"messages": [{"role": "user", "content": "x" * 299}, {"role": "user", "content": "xy"}]}
 
     assert prefix_text(a, "chat/completions") != prefix_text(b, "chat/completions")
+
+
+def test_a_null_content_message_hashes_like_an_empty_one():
+    tools = {"messages": [{"role": "system", "content": "s" * 600},
+                          {"role": "assistant", "content": None, "tool_calls": []}]}
+    empty = {"messages": [{"role": "system", "content": "s" * 600},
+                          {"role": "assistant", "content": ""}]}
+
+    assert prefix_text(tools, "chat/completions") == prefix_text(empty, "chat/completions")
+
+
+def test_blocks_grow_so_a_long_prompt_has_few():
+    long = {"messages": [{"role": "user", "content": "w" * 16_000}]}
+
+    assert 10 <= len(prefix_hashes(long, "chat/completions")) <= 20
+
+
+def test_a_difference_deep_in_a_long_prompt_changes_its_later_blocks():
+    base = "A long shared document. " * 700  # ~17 KB
+    changed = base[:7700] + "DIFFERENT" + base[7709:]  # in the sampled head of a 1.9 KB block
+    a = prefix_hashes({"prompt": base}, "completions")
+    b = prefix_hashes({"prompt": changed}, "completions")
+
+    assert a[0] == b[0] and a[-1] != b[-1]
 
 
 def test_completions_and_responses_prompts_are_hashed_too():
