@@ -5,9 +5,14 @@ thread inserts batches every SLUICE_LOG_FLUSH_INTERVAL_S (sooner when a batch fi
 the database is down, records stay queued and are retried; past SLUICE_LOG_MAX_PENDING, or
 at shutdown with the database still down, they are spooled to JSON-lines files that are
 replayed once it is back. Inserts ignore duplicate request ids, so a replay is idempotent.
+
+Prometheus counters (analytics/prometheus.py) are fed here, off the request path: each flush
+first counts the records queued since the last one, before any database work, so a call is
+counted once whether its record is written at once, retried, spooled or refused.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -22,6 +27,8 @@ import orjson
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connections
 
+from analytics.prometheus import calls_observe, pending_set
+
 logger = logging.getLogger("sluice.recorder")
 
 Record = dict[str, Any]
@@ -35,6 +42,10 @@ class CallRecorder:
         self._flush_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.db_ok = True
+        # The first `_counted` records of the queue are counted already (at the start of a
+        # flush, or taken, refused by the database and put back); the writer side moves it.
+        self._counted = 0
+        self._metrics_failed = False
 
     # --- request path -------------------------------------------------------------------
     def record(self, row: Record) -> None:
@@ -75,12 +86,14 @@ class CallRecorder:
     def flush(self) -> bool:
         """Write everything queued plus any spooled files; False if the database refused."""
         with self._flush_lock:
+            self._count_new()
             if not self._spool_replay():
                 return False
             while self._pending:
                 batch = self._take(settings.SLUICE_LOG_BATCH_SIZE)
                 if not self._insert(batch):
                     self._pending.extendleft(reversed(batch))
+                    self._counted += len(batch)
                     if len(self._pending) > settings.SLUICE_LOG_MAX_PENDING:
                         self._spool_pending()
                     return False
@@ -94,6 +107,7 @@ class CallRecorder:
             if self._stop.is_set():
                 break
             ok = self.flush()
+            self._metrics_guard(pending_set, len(self._pending))
             interval = settings.SLUICE_LOG_FLUSH_INTERVAL_S
             backoff = interval if ok else min(max(backoff * 2, interval), 10.0)
 
@@ -101,7 +115,29 @@ class CallRecorder:
         batch = []
         while self._pending and len(batch) < n:
             batch.append(self._pending.popleft())
+        counted = min(self._counted, len(batch))
+        self._counted -= counted
+        if counted < len(batch):  # queued since the last count
+            self._metrics_guard(calls_observe, batch[counted:])
         return batch
+
+    def _count_new(self) -> None:
+        """Hand the records queued since the last count to the Prometheus counters. Indexing
+        is safe while the request path appends: only this side removes records."""
+        pending, total = self._pending, len(self._pending)
+        if total > self._counted:
+            fresh = list(itertools.islice(pending, self._counted, total))  # one pass
+            self._counted = total
+            self._metrics_guard(calls_observe, fresh)
+
+    def _metrics_guard(self, update, arg) -> None:
+        """Metrics must never cost the call log a record: a failure is logged once."""
+        try:
+            update(arg)
+        except Exception:
+            if not self._metrics_failed:
+                logger.exception("call log: updating the Prometheus metrics failed")
+            self._metrics_failed = True
 
     def _insert(self, batch: list[Record]) -> bool:
         from analytics.models import Call

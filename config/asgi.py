@@ -2,7 +2,7 @@
 serve the proxy's hot path without middleware.
 
 Start-up loads the config snapshot, starts the call-log writer and the background loops
-(config refresh, health probes, the backends' /metrics scrape).
+(config refresh, health probes, the backends' /metrics scrape, Prometheus gauges).
 Shut-down runs after the server has let in-flight requests (streams included) finish: it
 stops the loops, closes the upstream client and flushes every buffered call record.
 
@@ -45,6 +45,7 @@ from analytics.recorder import recorder  # noqa: E402
 from proxy.background import config_refresh_loop, health_loop  # noqa: E402
 from proxy.cache import cache_close  # noqa: E402
 from proxy.loadscrape import load_scrape_loop  # noqa: E402
+from proxy.prom_gauges import prom_gauges_loop  # noqa: E402
 from proxy.ratelimit import limits_close  # noqa: E402
 from proxy.semantic import semantic_start  # noqa: E402
 from proxy.snapshot import snapshot_reload  # noqa: E402
@@ -89,7 +90,8 @@ class LifespanApp:
         recorder.start()
         self._tasks = [asyncio.create_task(config_refresh_loop()),
                        asyncio.create_task(health_loop()),
-                       asyncio.create_task(load_scrape_loop())]
+                       asyncio.create_task(load_scrape_loop()),
+                       asyncio.create_task(prom_gauges_loop())]
         # Everything loaded so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise stall every open stream at once.
         gc.collect()

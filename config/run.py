@@ -196,9 +196,11 @@ def main() -> int:
     from django.conf import settings
 
     from config.bootstrap import bootstrap
+    from config.metrics import metrics_dir_reset
 
     pool = sim_pool(settings)
     info = bootstrap(pool=pool)
+    metrics_dir_reset(settings.SLUICE_METRICS_DIR)  # /metrics counts this run's processes only
 
     sup = Supervisor()
     sims = [_simulator(spec) for spec in pool]

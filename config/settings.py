@@ -6,6 +6,7 @@ PostgreSQL and Redis.
 """
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -221,6 +222,19 @@ SLUICE_SIM_MODEL = envstr("SLUICE_SIM_MODEL", "sim-llama-3-8b")
 SLUICE_SIM_SMALL_MODEL = envstr("SLUICE_SIM_SMALL_MODEL", "sim-llama-3-1b")
 # Past this many unwritten records (database down), the oldest are spooled to disk.
 SLUICE_LOG_MAX_PENDING = envint("SLUICE_LOG_MAX_PENDING", 100_000)
+
+# --- Prometheus /metrics (config/metrics.py) -----------------------------------------------
+# Every process of the gateway writes its numbers to files in this directory and /metrics adds
+# them up (prometheus_client's multi-process mode, which reads PROMETHEUS_MULTIPROC_DIR: set
+# here, over any inherited value, so a child gateway with its own var dir keeps its own).
+# `make run` empties it at each start; under another supervisor, empty it before starting.
+SLUICE_METRICS_DIR = Path(envstr("SLUICE_METRICS_DIR") or VAR_DIR / "prometheus")
+SLUICE_METRICS_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(SLUICE_METRICS_DIR)
+# /metrics without the master key or a staff session (a scraper on a private network).
+SLUICE_METRICS_PUBLIC = envbool("SLUICE_METRICS_PUBLIC", False)
+# How often each web process publishes its pool gauges (breakers, in-flight, queues, load).
+SLUICE_METRICS_GAUGES_S = envfloat("SLUICE_METRICS_GAUGES_S", 1.0)
 
 # --- Semantic cache (proxy/semantic.py, proxy/embedder.py, proxy/nearmiss.py) ---------------
 # Cosine similarity a stored question must reach before the near-miss check looks at it; a

@@ -3,6 +3,7 @@ from django.contrib.staticfiles.views import serve as static_serve
 from django.urls import include, path, re_path
 
 from config.api import api
+from config.metrics import metrics
 from config.views import health, ready
 from proxy import api as proxy_api
 
@@ -13,6 +14,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("health", health),
     path("ready", ready),
+    path("metrics", metrics),  # Prometheus; full middleware stack (staff sessions)
     # vLLM serves these outside /v1.
     path("tokenize", proxy_api.tokenize),
     path("detokenize", proxy_api.detokenize),

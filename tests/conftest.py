@@ -2,9 +2,13 @@
 (`make test` points DATABASE_URL and REDIS_URL at them) and real simulator processes."""
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -15,6 +19,18 @@ from analytics.recorder import recorder
 from proxy.models import ApiKey, Backend, Route
 from proxy.snapshot import snapshot_reload
 from simulator.process import SimulatorProcess
+
+# Prometheus' multi-process files of the in-process gateway, apart from any `make run` in this
+# checkout and from earlier sessions (a gateway started as a child process keeps its own,
+# under its SLUICE_VAR_DIR). Set before any metric's first value opens a file: the metrics are
+# labelled, so importing their modules opens none.
+_METRICS_DIR = tempfile.mkdtemp(prefix="sluice-test-metrics-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _METRICS_DIR
+settings.SLUICE_METRICS_DIR = Path(_METRICS_DIR)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_METRICS_DIR, ignore_errors=True)
 
 
 def pytest_configure(config):

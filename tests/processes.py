@@ -93,8 +93,9 @@ class GatewayProcess:
     """`uvicorn config.asgi:application` in its own process, as `make run` starts it."""
 
     def __init__(self, *, database_url: str, master_key: str, var_dir: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, workers: int = 1) -> None:
         self.port = free_port()
+        self.workers = workers
         self.var_dir = var_dir or tempfile.mkdtemp(prefix="sluice-gw-")
         self.env = {
             **os.environ,
@@ -120,7 +121,8 @@ class GatewayProcess:
     def start(self, timeout_s: float = 20.0) -> GatewayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
-             "--port", str(self.port), "--lifespan", "on", "--no-access-log"],
+             "--port", str(self.port), "--lifespan", "on", "--no-access-log",
+             *(["--workers", str(self.workers)] if self.workers > 1 else [])],
             cwd=ROOT, env=self.env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s
