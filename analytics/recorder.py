@@ -5,6 +5,8 @@ thread inserts batches every SLUICE_LOG_FLUSH_INTERVAL_S (sooner when a batch fi
 the database is down, records stay queued and are retried; past SLUICE_LOG_MAX_PENDING, or
 at shutdown with the database still down, they are spooled to JSON-lines files that are
 replayed once it is back. Inserts ignore duplicate request ids, so a replay is idempotent.
+They go through analytics/callwrite.py (COPY from tuples, in slices), so that the writer
+thread never keeps the event loop from the interpreter for more than a millisecond or two.
 
 Prometheus counters (analytics/prometheus.py) are fed here, off the request path: each flush
 first counts the records queued since the last one, before any database work, so a call is
@@ -27,6 +29,7 @@ import orjson
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connections
 
+from analytics.callwrite import PAUSE_S, SLICE, calls_insert
 from analytics.prometheus import calls_observe, pending_set
 
 logger = logging.getLogger("sluice.recorder")
@@ -131,19 +134,25 @@ class CallRecorder:
             self._metrics_guard(calls_observe, fresh)
 
     def _metrics_guard(self, update, arg) -> None:
-        """Metrics must never cost the call log a record: a failure is logged once."""
+        """Metrics must never cost the call log a record: a failure is logged once. Records
+        are counted a slice at a time, pausing between slices so that the event loop is not
+        kept from the interpreter (analytics/callwrite.py)."""
         try:
-            update(arg)
+            if update is calls_observe:
+                for start in range(0, len(arg), SLICE):
+                    if start:
+                        time.sleep(PAUSE_S)
+                    update(arg[start:start + SLICE])
+            else:
+                update(arg)
         except Exception:
             if not self._metrics_failed:
                 logger.exception("call log: updating the Prometheus metrics failed")
             self._metrics_failed = True
 
     def _insert(self, batch: list[Record]) -> bool:
-        from analytics.models import Call
-
         try:
-            Call.objects.bulk_create([Call(**row) for row in batch], ignore_conflicts=True)
+            calls_insert(batch)
         except (DataError, IntegrityError):
             # The database is up but refuses a row (a value it cannot store): write the rest,
             # set the refused ones aside, and never let one bad row block the whole log.
@@ -162,12 +171,10 @@ class CallRecorder:
         return True
 
     def _insert_one_by_one(self, batch: list[Record]) -> bool:
-        from analytics.models import Call
-
         refused = []
         for row in batch:
             try:
-                Call.objects.bulk_create([Call(**row)], ignore_conflicts=True)
+                calls_insert([row])
             except (DataError, IntegrityError) as exc:
                 self._connection_close()
                 refused.append(row)
