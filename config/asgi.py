@@ -23,20 +23,90 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 from asgiref.sync import sync_to_async  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
-from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core.exceptions import RequestAborted  # noqa: E402
+from django.core.handlers.asgi import (
+    ASGIHandler,  # noqa: E402
+    get_script_prefix,  # noqa: E402
+)
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
+from django.urls import set_script_prefix  # noqa: E402
 
 django_application = get_asgi_application()
 
 
 class BareASGIHandler(ASGIHandler):
-    """Django's ASGI handler with no middleware: URL resolution and async views only."""
+    """Django's ASGI handler with no middleware: URL resolution and async views only.
+
+    It also leaves out what Django does per request for synchronous code that these paths do
+    not have: a `ThreadSensitiveContext` around the request, the `request_started` and
+    `request_finished` signals (their receivers are synchronous database housekeeping, and the
+    proxy never touches the database) and `sync_to_async(response.close)`. Inside a fresh
+    thread-sensitive context each of those starts a new single-thread executor: every proxied
+    request used to start and join a thread and hop to it three times
+    (shared/reference/hot-path-profile.md). What stays is Django's: the body read, the
+    request object, URL resolution, the view, and the race against the client's disconnect
+    that cancels the view (and so the upstream request) when the app hangs up.
+    """
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware = []
         self._template_response_middleware = []
         self._exception_middleware = []
         self._middleware_chain = convert_exception_to_response(self._get_response_async)
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope, receive, send) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            _response_close(error_response)
+            return
+
+        async def process_request():
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client left while the answer was going out
+            return response
+
+        # As Django's handler: whichever ends first, the answer or the client's disconnect.
+        tasks = [asyncio.create_task(self.listen_for_disconnect(receive)),
+                 asyncio.create_task(process_request())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+            else:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        if not tasks[1].cancelled():
+            _response_close(tasks[1].result())
+        body_file.close()
+
+
+def _response_close(response) -> None:
+    """`HttpResponseBase.close()` without its `request_finished` signal (see above)."""
+    for closer in response._resource_closers:
+        try:
+            closer()
+        except Exception:
+            logger.exception("closing a response failed")
+    response.closed = True
 
 
 BARE_PATHS = ("/v1/", "/health", "/ready", "/tokenize", "/detokenize")
