@@ -8,6 +8,7 @@ from decimal import Decimal as D
 import pytest
 from django.utils import timezone
 
+from analytics.rollups import rollups_run
 from analytics.selectors import savings_by_route, savings_total, summary_compute
 from proxy.pricing import SelfHostMeter, call_costs
 from tests.factories import call_create
@@ -103,6 +104,16 @@ def test_the_api_serves_savings_by_cause(client, settings, workload):
     by_route = {r["route"]: r for r in body["by_route"]}
     assert by_route["default"]["savings_by_cause"]["routing"] == 0.046
     assert by_route["own"]["baseline_cost_usd"] == 0.4
+
+
+def test_the_rollups_give_the_same_dollars_as_the_calls(workload):
+    now = timezone.now()
+    raw = summary_compute(minutes=15, now=now)
+
+    rollups_run(now=now)
+
+    assert summary_compute(minutes=15, now=now) == raw
+    assert raw["savings_by_cause"]["routing"] == 0.366
 
 
 def test_a_bypassed_or_skipped_cache_lookup_is_not_a_hit(db):
