@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "analytics",
     "dashboard",
     "batch",
+    "alerts",
 ]
 
 # For the admin, the dashboard and the ops API. /v1/* bypasses them (see config/asgi.py).
@@ -213,6 +214,8 @@ SLUICE_LOG_BATCH_SIZE = envint("SLUICE_LOG_BATCH_SIZE", 500)
 SLUICE_LOG_SHUTDOWN_FLUSH_S = envfloat("SLUICE_LOG_SHUTDOWN_FLUSH_S", 5.0)
 SLUICE_LOG_SPOOL_DIR = Path(envstr("SLUICE_LOG_SPOOL_DIR", str(VAR_DIR / "spool")))
 SLUICE_CALL_RETENTION_DAYS = envint("SLUICE_CALL_RETENTION_DAYS", 30)
+# Minute and hour rollups (analytics/rollups.py) outlive the calls they sum.
+SLUICE_ROLLUP_RETENTION_DAYS = envint("SLUICE_ROLLUP_RETENTION_DAYS", 90)
 # Embedded simulated pool started by `make run`.
 SLUICE_SIM_BACKENDS = envint("SLUICE_SIM_BACKENDS", 2)
 SLUICE_SIM_BASE_PORT = envint("SLUICE_SIM_BASE_PORT", 8101)
@@ -262,3 +265,13 @@ SLUICE_BATCH_BACKOFF_S = envfloat("SLUICE_BATCH_BACKOFF_S", 1.0)
 # The share of a batch call's cost the operator waives (OpenAI's batch API: 0.5), since batch
 # work fills idle capacity; it shows as its own savings cause, "batch". 0: none.
 SLUICE_BATCH_DISCOUNT = envfloat("SLUICE_BATCH_DISCOUNT", 0.0)
+
+# --- Alerts (alerts/) ------------------------------------------------------------------------
+# Where every rule without its own webhook POSTs its fire and resolve events ("": the log
+# only), and how: timeout per attempt, attempts, and the first backoff (doubling after it).
+SLUICE_ALERT_WEBHOOK_URL = envstr("SLUICE_ALERT_WEBHOOK_URL")
+SLUICE_ALERT_WEBHOOK_TIMEOUT_S = envfloat("SLUICE_ALERT_WEBHOOK_TIMEOUT_S", 3.0)
+SLUICE_ALERT_WEBHOOK_ATTEMPTS = envint("SLUICE_ALERT_WEBHOOK_ATTEMPTS", 3)
+SLUICE_ALERT_WEBHOOK_BACKOFF_S = envfloat("SLUICE_ALERT_WEBHOOK_BACKOFF_S", 0.5)
+# The address operators reach Sluice at, for the links in notifications ("": relative links).
+SLUICE_PUBLIC_URL = envstr("SLUICE_PUBLIC_URL")

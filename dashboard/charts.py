@@ -145,3 +145,101 @@ def figures_build(rows: Rows, routes: Rows = ()) -> dict[str, dict[str, Any]]:
     for name, (_, build) in ROUTE_CHARTS.items():
         figures[name] = json.loads(build(routes).to_json())
     return figures
+
+
+# --- the pages' charts (rows of analytics.dashboard_selectors) -------------------------------
+ERROR_COLORS = [RED, ORANGE, PURPLE, TEAL, GREY, BLUE, GREEN]
+
+
+def percentiles_figure(rows: Rows, *, prefix: str = "") -> go.Figure:
+    """P50 / P95 / P99 in ms: `prefix` "" for latency, "ttft_" for time to first token."""
+    traces = [_line(rows, f"{prefix}p{p}_ms", f"P{p}", color)
+              for p, color in ((50, BLUE), (95, TEAL), (99, ORANGE))]
+    return _figure(rows, traces, y_title="ms")
+
+
+def error_types_figure(rows: Rows) -> go.Figure:
+    """The 5xx rate and the rate of each error type (any status) seen in the window, in %."""
+    types = sorted({t for row in rows for t in row["error_rate_by_type"]})
+    traces = [_line(rows, "error_rate", "5xx", RED, scale=100)]
+    for i, name in enumerate(types):
+        y = [row["error_rate_by_type"].get(name, 0.0) * 100 for row in rows]
+        color = ERROR_COLORS[(i + 1) % len(ERROR_COLORS)]
+        traces.append(go.Scatter(x=_x(rows), y=y, name=name, mode="lines",
+                                 line={"color": color, "width": 1.5, "dash": "dot"}))
+    return _figure(rows, traces, y_title="%")
+
+
+def cache_figure(rows: Rows) -> go.Figure:
+    traces = [_line(rows, "cache_exact_rate", "exact", BLUE, scale=100),
+              _line(rows, "cache_semantic_rate", "semantic", TEAL, scale=100)]
+    return _figure(rows, traces, y_title="% of calls")
+
+
+def tps_figure(rows: Rows) -> go.Figure:
+    traces = [_line(rows, "prompt_tps", "in (prompt)", BLUE),
+              _line(rows, "completion_tps", "out (completion)", GREEN)]
+    return _figure(rows, traces, y_title="tokens/s")
+
+
+def money_figure(rows: Rows) -> go.Figure:
+    traces = [_line(rows, "cost_usd", "cost", ORANGE), _line(rows, "savings_usd", "savings", GREEN)]
+    fig = _figure(rows, traces, y_title="$ per bucket")
+    fig.update_yaxes(rangemode="normal")  # savings can be negative
+    return fig
+
+
+def bars_figure(rows: Rows, *, label: str, value: str, y_title: str, color: str = BLUE,
+                scale: float = 1.0) -> go.Figure:
+    """One bar per row (a route, a backend): `value` of each, labelled by `label`."""
+    names = [r[label] or "(none)" for r in rows]
+    y = [None if r[value] is None else r[value] * scale for r in rows]
+    fig = _figure((), [go.Bar(x=names, y=y, marker_color=color, name=y_title)], y_title=y_title,
+                  bargap=0.3)
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def _json(fig: go.Figure) -> dict[str, Any]:
+    return json.loads(fig.to_json())
+
+
+# Page → chart name → (title, builder over that page's rows). Names are element ids
+# (`chart-<name>`); `current` (the key shown next to the title) is in presenters.
+OVERVIEW_CHARTS: dict[str, tuple[str, Callable[[Rows], go.Figure]]] = {
+    "qps": ("Requests per second", qps_figure),
+    "latency": ("Latency P50 / P95 / P99 (ms)", percentiles_figure),
+    "ttft": ("Time to first token P50 / P95 / P99 (ms, streams)",
+             lambda rows: percentiles_figure(rows, prefix="ttft_")),
+    "errors": ("Error rate by type (%)", error_types_figure),
+    "cache": ("Cache hit rate by kind (%)", cache_figure),
+    "tps": ("Tokens per second, in and out", tps_figure),
+    "money": ("Cost and savings ($ per bucket)", money_figure),
+}
+
+ROUTE_PAGE_CHARTS: dict[str, tuple[str, Callable[[Rows], go.Figure]]] = {
+    "savings": ("Savings by cause per route ($)", savings_figure),
+    "route-requests": ("Requests per route",
+                       lambda r: bars_figure(r, label="route", value="requests",
+                                             y_title="calls")),
+    "route-p99": ("P99 latency per route (ms)",
+                  lambda r: bars_figure(r, label="route", value="p99_ms", y_title="ms",
+                                        color=ORANGE)),
+}
+
+BACKEND_PAGE_CHARTS: dict[str, tuple[str, Callable[[Rows], go.Figure]]] = {
+    "backend-share": ("Share of traffic per backend (%)",
+                      lambda r: bars_figure(r, label="backend", value="share", y_title="%",
+                                            scale=100)),
+    "backend-p99": ("P99 latency per backend (ms)",
+                    lambda r: bars_figure(r, label="backend", value="p99_ms", y_title="ms",
+                                          color=ORANGE)),
+    "backend-errors": ("Error rate per backend (%, 5xx)",
+                       lambda r: bars_figure(r, label="backend", value="error_rate",
+                                             y_title="%", color=RED, scale=100)),
+}
+
+
+def page_figures(charts: dict[str, tuple[str, Callable[[Rows], go.Figure]]],
+                 rows: Rows) -> dict[str, dict[str, Any]]:
+    return {name: _json(build(rows)) for name, (_, build) in charts.items()}

@@ -29,6 +29,7 @@ def browser():
                 "--no-first-run", "--disable-sync", "--window-size=1400,1900",
                 f"--user-data-dir={profile}"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console, for the tests
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(30)
     try:
