@@ -8,7 +8,7 @@ CPU on this kind of machine; turning the records into tuples and handing them to
 
 - PostgreSQL: COPY into a per-connection temporary table, then one
   `INSERT ... SELECT ... ON CONFLICT DO NOTHING` (duplicate request ids, from a replayed
-  spool, are skipped), in one transaction.
+  journal, are skipped), in one transaction.
 - Other databases (SQLite, the embedded default): `executemany` of
   `INSERT ... ON CONFLICT DO NOTHING`, values adapted the way Django would.
 
@@ -52,7 +52,7 @@ def _slices(rows: Sequence[Any]) -> Iterator[Sequence[Any]]:
 
 
 def _tuples(batch: Sequence[Record], *, adapt: bool) -> list[tuple]:
-    """The records as column tuples; a key missing from a record (an older spool) takes the
+    """The records as column tuples; a key missing from a record (an older journal) takes the
     field's default. `adapt`: convert dates and decimals as Django does for this database."""
     columns = _columns()
     out: list[tuple] = []

@@ -122,7 +122,7 @@ def pending_set(count: int) -> None:
     global _pending_gauge
     if _pending_gauge is None:
         _pending_gauge = Gauge("sluice_call_log_pending", "Call records waiting for the "
-                               "database (queued in memory, not yet spooled).",
+                               "database (queued in memory or left to the journal).",
                                multiprocess_mode="livesum")
     _pending_gauge.set(count)
 

@@ -1,16 +1,24 @@
 """The buffered call-log writer: the request path appends, a thread writes in batches.
 
-`record()` is a deque append, safe from any thread and never touching the database. A writer
-thread inserts batches every SLUICE_LOG_FLUSH_INTERVAL_S (sooner when a batch fills). When
-the database is down, records stay queued and are retried; past SLUICE_LOG_MAX_PENDING, or
-at shutdown with the database still down, they are spooled to JSON-lines files that are
-replayed once it is back. Inserts ignore duplicate request ids, so a replay is idempotent.
-They go through analytics/callwrite.py (COPY from tuples, in slices), so that the writer
+`record()` appends the record to this process's journal on local disk (analytics/journal.py:
+one write(2) of its JSON line, so a process killed at any moment loses no answered call) and to
+an in-memory queue, safe from any thread and never touching the database. A writer thread
+inserts the queue in batches every SLUICE_LOG_FLUSH_INTERVAL_S (sooner when a batch fills) and
+tells the journal how far it got, which deletes the segments that are fully written.
+
+When the database is down, records stay queued and are retried; past SLUICE_LOG_MAX_PENDING
+they are dropped from memory, since the journal holds them, and replayed from its segments once
+the database is back. At start-up, and every SLUICE_JOURNAL_SCAN_S, the writer also replays
+what dead processes (any pid, on this host's journal directory) left behind. Inserts ignore
+duplicate request ids, so every replay is idempotent: each call is in the log exactly once.
+Inserts go through analytics/callwrite.py (COPY from tuples, in slices), so that the writer
 thread never keeps the event loop from the interpreter for more than a millisecond or two.
 
 Prometheus counters (analytics/prometheus.py) are fed here, off the request path: each flush
 first counts the records queued since the last one, before any database work, so a call is
-counted once whether its record is written at once, retried, spooled or refused.
+counted once whether its record is written at once, retried or refused. Replayed records of a
+dead process are not counted again (their process counted them, unless it was killed within a
+flush interval of recording them).
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connections
 
 from analytics.callwrite import PAUSE_S, SLICE, calls_insert
+from analytics.journal import REFUSED_PREFIX, Journal, lines_read
 from analytics.prometheus import calls_observe, pending_set
 
 logger = logging.getLogger("sluice.recorder")
@@ -49,23 +58,57 @@ class CallRecorder:
         # flush, or taken, refused by the database and put back); the writer side moves it.
         self._counted = 0
         self._metrics_failed = False
+        self._journal: Journal | None = None
+        # Sequence numbers: `_seq` of the last record queued, `_written` of the last one in
+        # the database (the queue is first in, first out); `_unjournaled` of the last record
+        # the journal could not take (the queue is then its only copy).
+        self._seq = self._written = self._unjournaled = 0
+        self._replay_paths: list[Path] = []  # own segments dropped from memory in an outage
+        self._next_scan = 0.0
+        self._next_sync = 0.0
 
     # --- request path -------------------------------------------------------------------
     def record(self, row: Record) -> None:
-        self._pending.append(row)
+        data = orjson.dumps(row, default=_json_default, option=orjson.OPT_APPEND_NEWLINE)
+        journal = self._journal or self._journal_open()
+        with journal.lock:
+            self._seq += 1
+            if not journal.append(data, self._seq):
+                self._unjournaled = self._seq
+            self._pending.append(row)
         if len(self._pending) >= settings.SLUICE_LOG_BATCH_SIZE:
             self._wake.set()
+
+    def _journal_open(self) -> Journal:
+        journal = Journal(settings.SLUICE_JOURNAL_DIR,
+                          segment_bytes=settings.SLUICE_JOURNAL_SEGMENT_BYTES,
+                          fsync_interval=settings.SLUICE_JOURNAL_FSYNC == "interval")
+        self._journal = journal
+        return journal
+
+    def _after_fork(self) -> None:
+        """A forked child (a Celery worker) must not append to its parent's journal."""
+        if self._journal is not None:
+            self._journal.forget_after_fork()
+        self._journal = None
+        self._pending.clear()
+        self._seq = self._written = self._unjournaled = self._counted = 0
+        self._replay_paths = []
+        self._flush_lock = threading.Lock()
+        self._thread = None
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
+        self._next_scan = 0.0  # replay what dead processes left, at once
         self._thread = threading.Thread(target=self._run, name="call-recorder", daemon=True)
         self._thread.start()
 
     def stop(self, *, timeout_s: float | None = None) -> None:
-        """Flush what is queued; spool whatever the database would not take in time."""
+        """Flush what is queued; what the database would not take in time stays in the
+        journal, for the next process to replay."""
         if timeout_s is None:
             timeout_s = settings.SLUICE_LOG_SHUTDOWN_FLUSH_S
         self._stop.set()
@@ -74,12 +117,41 @@ class CallRecorder:
             self._thread.join(timeout=timeout_s)
             self._thread = None
         deadline = time.monotonic() + timeout_s
-        while self._pending and time.monotonic() < deadline:
-            if not self.flush():
-                time.sleep(0.2)
-        if self._pending:
-            self._spool_pending()
+        done = self.flush()
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.2)
+            done = self.flush()
+        self._journal_close(written=done)
         self._connection_close()
+
+    def _journal_close(self, *, written: bool) -> None:
+        journal = self._journal
+        if journal is None:
+            return
+        with self._flush_lock:
+            if not written and self._unjournaled > self._written:
+                self._unjournaled_save(journal)
+            journal.close(remove=written and not self._pending)
+            self._journal = None
+            if not self._pending:
+                self._seq = self._written = self._unjournaled = self._counted = 0
+            self._replay_paths = []
+
+    def _unjournaled_save(self, journal: Journal) -> None:
+        """Shutting down with the database down and records the journal refused: one last
+        try to put the queue on disk (it may have room again), else say what is lost."""
+        rows = list(self._pending)
+        with journal.lock:
+            journal.seal_all()
+            saved = all(journal.append(orjson.dumps(row, default=_json_default,
+                                                    option=orjson.OPT_APPEND_NEWLINE), i)
+                        for i, row in enumerate(rows, 1))
+        if saved:
+            logger.warning("call log: %d records that were in memory only are now in the "
+                           "journal, to be replayed by the next process", len(rows))
+        else:
+            logger.error("call log: %d records are lost (database down, journal unwritable)",
+                         len(rows))
 
     @property
     def pending_count(self) -> int:
@@ -87,10 +159,10 @@ class CallRecorder:
 
     # --- writing ------------------------------------------------------------------------
     def flush(self) -> bool:
-        """Write everything queued plus any spooled files; False if the database refused."""
+        """Write everything queued plus what is to be replayed; False if the database refused."""
         with self._flush_lock:
             self._count_new()
-            if not self._spool_replay():
+            if not self._replay():
                 return False
             while self._pending:
                 batch = self._take(settings.SLUICE_LOG_BATCH_SIZE)
@@ -98,21 +170,33 @@ class CallRecorder:
                     self._pending.extendleft(reversed(batch))
                     self._counted += len(batch)
                     if len(self._pending) > settings.SLUICE_LOG_MAX_PENDING:
-                        self._spool_pending()
+                        self._pending_drop()
                     return False
+                self._written += len(batch)
+                if self._journal is not None:
+                    self._journal.written(self._written)
             return True
 
     def _run(self) -> None:
-        backoff = settings.SLUICE_LOG_FLUSH_INTERVAL_S
+        """Flush every interval (backing off while the database is down) or when a batch
+        fills; close and, under the `interval` policy, fsync journal segments in between."""
+        interval = settings.SLUICE_LOG_FLUSH_INTERVAL_S
+        backoff, due = interval, time.monotonic() + interval
         while not self._stop.is_set():
-            self._wake.wait(backoff)
+            woken = self._wake.wait(min(backoff, settings.SLUICE_JOURNAL_FSYNC_S))
             self._wake.clear()
             if self._stop.is_set():
                 break
+            now = time.monotonic()
+            if self._journal is not None and now >= self._next_sync:
+                self._journal.sync()
+                self._next_sync = now + settings.SLUICE_JOURNAL_FSYNC_S
+            if not woken and now < due:
+                continue
             ok = self.flush()
             self._metrics_guard(pending_set, len(self._pending))
-            interval = settings.SLUICE_LOG_FLUSH_INTERVAL_S
             backoff = interval if ok else min(max(backoff * 2, interval), 10.0)
+            due = time.monotonic() + backoff - 0.005
 
     def _take(self, n: int) -> list[Record]:
         batch = []
@@ -133,6 +217,65 @@ class CallRecorder:
             self._counted = total
             self._metrics_guard(calls_observe, fresh)
 
+    def _pending_drop(self) -> None:
+        """A long outage: free the memory of records the journal holds. Its segments are
+        sealed and handed to the replay; records it could not take stay queued."""
+        journal = self._journal
+        if journal is None or self._unjournaled > self._written:
+            return
+        self._count_new()
+        with journal.lock:
+            paths = journal.seal_all()
+            dropped = len(self._pending)
+            self._pending.clear()
+        self._replay_paths.extend(paths)
+        self._written += dropped
+        self._counted = 0
+        logger.warning("call log: database still down; %d records left memory, kept in the "
+                       "journal to be replayed", dropped)
+
+    # --- replay -------------------------------------------------------------------------
+    def _replay(self) -> bool:
+        """Own segments dropped from memory, then dead processes' segments (looked for every
+        SLUICE_JOURNAL_SCAN_S); each is deleted once its records are in the database."""
+        while self._replay_paths:
+            if not self._segment_replay(self._replay_paths[0]):
+                return False
+            self._replay_paths.pop(0).unlink(missing_ok=True)
+        now = time.monotonic()
+        if now < self._next_scan:
+            return True
+        journal = self._journal or self._journal_open()
+        for orphan in journal.orphans():
+            while orphan.segments:
+                if not self._segment_replay(orphan.segments[0]):
+                    return False
+                orphan.segments.pop(0).unlink(missing_ok=True)
+            journal.orphan_done(orphan)
+        self._next_scan = now + settings.SLUICE_JOURNAL_SCAN_S
+        return True
+
+    def _segment_replay(self, path: Path) -> bool:
+        lines = lines_read(path)
+        rows: list[Record] = []
+        for number, line in enumerate(lines, 1):
+            if number % SLICE == 0:
+                time.sleep(PAUSE_S)  # decoding holds the interpreter: let the event loop in
+            try:
+                rows.append(_row_load(line))
+            except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
+                # A crash mid-write leaves a torn last line; anything else is damage.
+                logger.warning("call log: skipped an unreadable line %d of %s (%d bytes): %s",
+                               number, path.name, len(line), exc)
+        size_batch = settings.SLUICE_LOG_BATCH_SIZE
+        for i in range(0, len(rows), size_batch):
+            if not self._insert(rows[i : i + size_batch]):
+                return False
+        if rows:
+            logger.info("call log: replayed %d records from %s", len(rows), path.name)
+        return True
+
+    # --- inserting ----------------------------------------------------------------------
     def _metrics_guard(self, update, arg) -> None:
         """Metrics must never cost the call log a record: a failure is logged once. Records
         are counted a slice at a time, pausing between slices so that the event loop is not
@@ -184,7 +327,7 @@ class CallRecorder:
                 self._connection_close()
                 return False  # down after all: the whole batch is retried later (idempotent)
         if refused:
-            self._spool_write(refused, prefix="refused")
+            self._refused_keep(refused)
         return True
 
     @staticmethod
@@ -194,45 +337,21 @@ class CallRecorder:
         except DatabaseError:
             pass
 
-    # --- spool ----------------------------------------------------------------------------
-    def _spool_pending(self) -> None:
-        rows = self._take(len(self._pending))
-        if rows:
-            self._spool_write(rows, prefix="calls")
-
-    @staticmethod
-    def _spool_write(rows: list[Record], *, prefix: str) -> None:
-        """`calls-*` files are replayed into the database; `refused-*` ones (rows it would not
-        store) are kept for an operator to look at."""
-        directory = Path(settings.SLUICE_LOG_SPOOL_DIR)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{prefix}-{time.time_ns()}-{os.getpid()}.jsonl"
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
-            for row in rows:
-                fh.write(orjson.dumps(row, default=_json_default) + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.rename(path)
-        logger.warning("call log: spooled %d records to %s", len(rows), path)
-
-    def _spool_replay(self) -> bool:
-        directory = Path(settings.SLUICE_LOG_SPOOL_DIR)
-        if not directory.is_dir():
-            return True
-        for path in sorted(directory.glob("calls-*.jsonl")):
-            try:
-                raw = path.read_bytes()
-            except FileNotFoundError:  # another replica replayed it first
-                continue
-            rows = [_row_load(line) for line in raw.splitlines() if line.strip()]
-            size = settings.SLUICE_LOG_BATCH_SIZE
-            for i in range(0, len(rows), size):
-                if not self._insert(rows[i : i + size]):
-                    return False
-            path.unlink(missing_ok=True)
-            logger.info("call log: replayed %d spooled records from %s", len(rows), path.name)
-        return True
+    def _refused_keep(self, rows: list[Record]) -> None:
+        """Rows the database would not store (a value it cannot hold) are kept for an operator
+        to look at, next to the journal, and never replayed."""
+        directory = Path(settings.SLUICE_JOURNAL_DIR)
+        path = directory / f"{REFUSED_PREFIX}{time.time_ns()}-{os.getpid()}.jsonl"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as fh:
+                for row in rows:
+                    fh.write(orjson.dumps(row, default=_json_default,
+                                          option=orjson.OPT_APPEND_NEWLINE))
+        except OSError as exc:
+            logger.error("call log: could not keep %d refused records: %s", len(rows), exc)
+            return
+        logger.warning("call log: kept %d refused records in %s", len(rows), path)
 
 
 def _json_default(value: Any) -> Any:
@@ -250,3 +369,4 @@ def _row_load(line: bytes) -> Record:
 
 
 recorder = CallRecorder()
+os.register_at_fork(after_in_child=recorder._after_fork)

@@ -4,8 +4,8 @@
 A run, under a lock on the one RollupState row:
 
 1. finds the minutes of the calls with an id above the watermark: new calls, and late ones (a
-   stream logged when it ended, minutes after it began; records spooled during a database
-   outage and replayed later);
+   stream logged when it ended, minutes after it began; records replayed from the journal
+   after a database outage or a crashed process);
 2. recomputes, whole and from the calls, each of those minutes whose call count no longer
    matches its rollup rows (the current one up to the cutoff, now − SETTLE_S), with idempotent
    upserts;

@@ -1,6 +1,6 @@
 """Start and stop what the benchmark measures: one simulator and one Sluice gateway.
 
-Everything the gateway writes (SQLite database, secret key, spool, Celery broker folder) goes to
+Everything the gateway writes (SQLite database, secret key, journal, Celery broker folder) goes to
 a temporary directory, and ``DATABASE_URL``/``REDIS_URL`` are set explicitly, so a bench run
 never touches the developer's data or services whatever their shell exports.
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import environ
 import plotly
+from django.core.exceptions import ImproperlyConfigured
 
 from config.env import envbool, envfloat, envint, envstr
 
@@ -210,9 +211,20 @@ SLUICE_HEALTH_INTERVAL_S = envfloat("SLUICE_HEALTH_INTERVAL_S", 5.0)
 # Call log: buffered in memory, written in batches off the request path.
 SLUICE_LOG_FLUSH_INTERVAL_S = envfloat("SLUICE_LOG_FLUSH_INTERVAL_S", 1.0)
 SLUICE_LOG_BATCH_SIZE = envint("SLUICE_LOG_BATCH_SIZE", 500)
-# At shutdown, how long to keep trying the database before spooling what is left to disk.
+# At shutdown, how long to keep trying the database before leaving what is left to the journal.
 SLUICE_LOG_SHUTDOWN_FLUSH_S = envfloat("SLUICE_LOG_SHUTDOWN_FLUSH_S", 5.0)
-SLUICE_LOG_SPOOL_DIR = Path(envstr("SLUICE_LOG_SPOOL_DIR", str(VAR_DIR / "spool")))
+# The call log's journal (analytics/journal.py): every record is on local disk before the app
+# has its answer. fsync "none" survives a process crash; "interval" also survives power loss
+# but for the last SLUICE_JOURNAL_FSYNC_S. Segments rotate by size and go once written.
+SLUICE_JOURNAL_DIR = Path(envstr("SLUICE_JOURNAL_DIR", str(VAR_DIR / "journal")))
+SLUICE_JOURNAL_FSYNC = envstr("SLUICE_JOURNAL_FSYNC", "none")
+if SLUICE_JOURNAL_FSYNC not in ("none", "interval"):
+    raise ImproperlyConfigured(f"SLUICE_JOURNAL_FSYNC must be none or interval, "
+                               f"not {SLUICE_JOURNAL_FSYNC!r}")
+SLUICE_JOURNAL_FSYNC_S = envfloat("SLUICE_JOURNAL_FSYNC_S", 1.0)
+SLUICE_JOURNAL_SEGMENT_BYTES = envint("SLUICE_JOURNAL_SEGMENT_BYTES", 4 * 1024 * 1024)
+# How often each process looks for segments left by dead processes (and at start-up).
+SLUICE_JOURNAL_SCAN_S = envfloat("SLUICE_JOURNAL_SCAN_S", 30.0)
 SLUICE_CALL_RETENTION_DAYS = envint("SLUICE_CALL_RETENTION_DAYS", 30)
 # Minute and hour rollups (analytics/rollups.py) outlive the calls they sum.
 SLUICE_ROLLUP_RETENTION_DAYS = envint("SLUICE_ROLLUP_RETENTION_DAYS", 90)
@@ -223,7 +235,7 @@ SLUICE_SIM_MODEL = envstr("SLUICE_SIM_MODEL", "sim-llama-3-8b")
 # A smaller, faster simulated model on the port after the pool's, for small-model routing
 # ("" leaves it out).
 SLUICE_SIM_SMALL_MODEL = envstr("SLUICE_SIM_SMALL_MODEL", "sim-llama-3-1b")
-# Past this many unwritten records (database down), the oldest are spooled to disk.
+# Past this many unwritten records (database down), the queue is left to the journal on disk.
 SLUICE_LOG_MAX_PENDING = envint("SLUICE_LOG_MAX_PENDING", 100_000)
 
 # --- Prometheus /metrics (config/metrics.py) -----------------------------------------------

@@ -201,7 +201,11 @@ async def _stream_relay(
                     raw = None
                 if out:
                     log.first_token()
-                    done = done or sse.DONE in block
+                    if not done and sse.DONE in block:
+                        # Recorded (in the journal) before the app has the whole answer, so a
+                        # process killed at any later moment loses no answered call.
+                        done = True
+                        log.finish(snapshot)
                     yield out
             chunk = await upstream.content.readany()
             if not chunk:

@@ -27,10 +27,15 @@ from simulator.process import SimulatorProcess
 _METRICS_DIR = tempfile.mkdtemp(prefix="sluice-test-metrics-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _METRICS_DIR
 settings.SLUICE_METRICS_DIR = Path(_METRICS_DIR)
+# The in-process recorder's journal, likewise: a `make run` in this checkout must not replay
+# the test suite's calls into its own database.
+_JOURNAL_DIR = tempfile.mkdtemp(prefix="sluice-test-journal-")
+settings.SLUICE_JOURNAL_DIR = Path(_JOURNAL_DIR)
 
 
 def pytest_unconfigure(config):
     shutil.rmtree(_METRICS_DIR, ignore_errors=True)
+    shutil.rmtree(_JOURNAL_DIR, ignore_errors=True)
 
 
 def pytest_configure(config):

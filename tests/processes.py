@@ -115,8 +115,12 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def spool_dir(self) -> Path:
-        return Path(self.var_dir) / "spool"
+    def journal_dir(self) -> Path:
+        return Path(self.var_dir) / "journal"
+
+    def journal_segments(self) -> list[Path]:
+        """Segments of the call log's journal, of every process that used this var dir."""
+        return sorted(self.journal_dir.glob("[0-9]*.jsonl"))
 
     def start(self, timeout_s: float = 20.0) -> GatewayProcess:
         self.proc = subprocess.Popen(

@@ -94,7 +94,7 @@ def test_a_replayed_record_is_not_duplicated(db):
     row = record()
     calls_insert([row])
 
-    calls_insert([row, record()])  # a spool replayed after its first batch was written
+    calls_insert([row, record()])  # a journal replayed after its first batch was written
 
     assert Call.objects.filter(request_id=row["request_id"]).count() == 1
     assert Call.objects.count() == 2

@@ -27,7 +27,7 @@ def row(**fields):
                                  {"prompt_tokens": -1}])
 def test_a_record_the_database_refuses_is_set_aside_and_the_rest_are_written(
         transactional_db, settings, tmp_path, bad):
-    settings.SLUICE_LOG_SPOOL_DIR = tmp_path
+    settings.SLUICE_JOURNAL_DIR = tmp_path  # where refused rows are kept
     good = [row(), row()]
     refused = row(**bad)
     recorder.flush()

@@ -112,7 +112,7 @@ def test_late_records_are_counted_in(db):
     rollups_run(now=NOW)
     assert summary_compute(minutes=15, now=NOW)["requests"] == 1
 
-    # Replayed from the spool long after its minute ended: a new id in an old minute.
+    # Replayed from the journal long after its minute ended: a new id in an old minute.
     at(10.5, request_id="replayed")
     rollups_run(now=NOW + timedelta(seconds=15))
 

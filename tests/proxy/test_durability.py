@@ -28,6 +28,15 @@ def wait_for_calls(n: int, timeout_s: float = 15.0) -> int:
     return Call.objects.count()
 
 
+def until_true(check, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 @pytest.fixture
 def relay():
     relay = TcpRelay(target_port=int(connection.settings_dict["PORT"] or 5432)).start()
@@ -73,21 +82,22 @@ def test_a_database_outage_fails_no_call_and_loses_no_record(pool, relay, gatewa
     assert set(Call.objects.values_list("status_code", flat=True)) == {200}
 
 
-def test_a_shutdown_during_an_outage_spools_records_and_replays_them(pool, relay, gateways):
+def test_a_shutdown_during_an_outage_leaves_records_in_the_journal_for_the_next_process(
+        pool, relay, gateways):
     first = gateways(database_url=db_url(relay.port))
     relay.cut()
     for i in range(3):
         call_through(first, stream=bool(i % 2))
 
     assert first.terminate()
-    assert len(list(first.spool_dir.glob("calls-*.jsonl"))) == 1
+    assert len(first.journal_segments()) == 1
     assert Call.objects.count() == 0
 
     relay.restore()
     gateways(database_url=db_url(relay.port), var_dir=first.var_dir)
 
     assert wait_for_calls(3) == 3
-    assert list(first.spool_dir.glob("calls-*.jsonl")) == []
+    assert until_true(lambda: first.journal_segments() == [])
 
 
 def test_sigterm_lets_an_in_flight_stream_finish_and_records_it(pool, gateways, slow_backend):

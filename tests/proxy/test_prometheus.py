@@ -367,7 +367,7 @@ def test_it_counts_each_call_once_through_a_database_outage(pool, tmp_path):
         relay.cut()
 
 
-def test_a_spooled_record_replayed_by_the_next_process_is_not_counted_again(pool, tmp_path):
+def test_a_journaled_record_replayed_by_the_next_process_is_not_counted_again(pool, tmp_path):
     s = connection.settings_dict
     relay = TcpRelay(target_port=int(s["PORT"] or 5432)).start()
     url = f"postgres://{s['USER'] or 'postgres'}@127.0.0.1:{relay.port}/{s['NAME']}"
@@ -378,13 +378,13 @@ def test_a_spooled_record_replayed_by_the_next_process_is_not_counted_again(pool
         sdk = openai.OpenAI(base_url=first.url + "/v1", api_key=MASTER, max_retries=0)
         relay.cut()
         for i in range(3):
-            chat(sdk, f"Spool me {i}")
+            chat(sdk, f"Journal me {i}")
         scrape_until(first.url, lambda m: total(m, "sluice_requests_total", route="default") == 3)
         assert first.terminate()
-        assert len(list(first.spool_dir.glob("calls-*.jsonl"))) == 1
+        assert len(first.journal_segments()) == 1
 
         relay.restore()
-        second.start()  # same var dir: same metrics dir, and the spool to replay
+        second.start()  # same var dir: same metrics dir, and the journal to replay
         until(lambda: Call.objects.count() == 3, 20)
 
         samples = scrape(second.url)
