@@ -111,6 +111,7 @@ def in_process() -> list[tuple[str, float, float]]:
         lambda: compression.compress(long_chat, endpoint="chat/completions",
                                      budget_tokens=1000), 500)))
     rows += scheduler_rows()
+    rows += journal_rows()
     asyncio.run(semantic_rows())
     return rows
 
@@ -141,6 +142,56 @@ def scheduler_rows() -> list[tuple[str, float, float]]:
             return sched.choose(pool, loads, hint)
 
         rows.append((f"backend choice, 16 backends: {label}", *_timed(decide, 5000)))
+    return rows
+
+
+def journal_rows() -> list[tuple[str, float, float]]:
+    """The call log's `record()` on the request path (encode, one write to the journal, queue)
+    under each fsync policy, against the queue alone; and the writer thread's fsync of one
+    second of records under `interval` (off the event loop)."""
+    import threading
+
+    from django.conf import settings
+
+    from analytics.recorder import CallRecorder
+    from proxy.accounting import CallLog
+    from proxy.snapshot import snapshot_current
+
+    log = CallLog(endpoint="chat/completions")
+    log.prompt_tokens, log.completion_tokens, log.ttft_ms = 812, 96, 21.5
+    record = log.to_record(snapshot_current())
+    rows = []
+    for policy in ("none", "interval"):
+        settings.SLUICE_JOURNAL_DIR = Path(tempfile.mkdtemp(prefix="sluice-journal-"))
+        settings.SLUICE_JOURNAL_FSYNC = policy
+        recorder = CallRecorder()
+        stop = threading.Event()
+
+        def syncing(recorder=recorder, stop=stop):
+            while not stop.wait(0.05):  # fsync as often as 20x/s: the worst case for appends
+                if recorder._journal is not None:
+                    recorder._journal.sync()
+
+        syncer = threading.Thread(target=syncing, daemon=True)
+        syncer.start()
+        rows.append((f"call log record(), journal fsync={policy}",
+                     *_timed(lambda recorder=recorder: recorder.record(dict(record)), 20000)))
+        stop.set()
+        syncer.join()
+        recorder._pending.clear()
+    recorder = CallRecorder()
+    for _ in range(620):  # a second of one process's streams
+        recorder.record(dict(record))
+    started = time.perf_counter()
+    recorder._journal.sync()
+    fsync_ms = (time.perf_counter() - started) * 1000
+    rows.append(("journal fsync of 620 records (writer thread, interval)", fsync_ms, fsync_ms))
+    pending = recorder._pending
+
+    def queue_only():
+        pending.append(dict(record))
+
+    rows.append(("call log queue append alone (no journal)", *_timed(queue_only, 20000)))
     return rows
 
 
