@@ -126,8 +126,9 @@ async def one_in_flight(targets: dict[str, Target], tally: Tally, *, rounds: int
 
 
 async def block_run(target: Target, tally: Tally, *, requests: int, concurrency: int,
-                    body: bytes, path: str) -> tuple[list[Result], float]:
-    """``requests`` streams, ``concurrency`` at a time; returns the results and the wall time."""
+                    body: bytes, path: str, stream: bool = True) -> tuple[list[Result], float]:
+    """``requests`` requests, ``concurrency`` at a time; returns the results and wall time."""
+    timed = stream_timed if stream else plain_timed
     remaining = requests
     results: list[Result] = []
 
@@ -135,7 +136,7 @@ async def block_run(target: Target, tally: Tally, *, requests: int, concurrency:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            results.append(tally.add(path, await stream_timed(target, body), stream=True))
+            results.append(tally.add(path, await timed(target, body), stream=stream))
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -143,12 +144,14 @@ async def block_run(target: Target, tally: Tally, *, requests: int, concurrency:
 
 
 async def concurrent(targets: dict[str, Target], tally: Tally, *, requests: int, blocks: int,
-                     concurrency: int, tokens: int, pid: int) -> tuple[dict[str, Any], float]:
-    """Phase 3; returns per-path throughput and TTFT, and the gateway's CPU over its blocks."""
-    bodies = {name: t.body(stream=True, max_tokens=tokens) for name, t in targets.items()}
+                     concurrency: int, tokens: int, pid: int,
+                     stream: bool = True) -> tuple[dict[str, Any], float]:
+    """Phase 3 (streamed, then non-streamed); returns per-path throughput and TTFT/latency,
+    and the gateway's CPU over its blocks."""
+    bodies = {name: t.body(stream=stream, max_tokens=tokens) for name, t in targets.items()}
     for path in ("direct", "sluice"):  # open `concurrency` connections on each hop, discarded
         await block_run(targets[path], tally, requests=concurrency * 2, concurrency=concurrency,
-                        body=bodies[path], path=path)
+                        body=bodies[path], path=path, stream=stream)
     per_block = [requests // blocks + (1 if b < requests % blocks else 0) for b in range(blocks)]
     results: dict[str, list[Result]] = {"direct": [], "sluice": []}
     wall = {"direct": 0.0, "sluice": 0.0}
@@ -157,7 +160,8 @@ async def concurrent(targets: dict[str, Target], tally: Tally, *, requests: int,
         for path in (("direct", "sluice") if b % 2 == 0 else ("sluice", "direct")):
             cpu0 = proc_cpu_s(pid) or 0.0
             got, seconds = await block_run(targets[path], tally, requests=n,
-                                           concurrency=concurrency, body=bodies[path], path=path)
+                                           concurrency=concurrency, body=bodies[path], path=path,
+                                           stream=stream)
             if path == "sluice":
                 cpu += (proc_cpu_s(pid) or 0.0) - cpu0
             results[path] += got
@@ -230,6 +234,10 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         conc, cpu_conc = await concurrent(
             targets, tally, requests=args.stream_requests, blocks=args.stream_blocks,
             concurrency=args.concurrency, tokens=args.stream_tokens, pid=pid)
+        log(f"{args.concurrency} concurrent, non-streamed: {args.stream_requests} per path")
+        conc_plain, _ = await concurrent(
+            targets, tally, requests=args.stream_requests, blocks=args.stream_blocks,
+            concurrency=args.concurrency, tokens=args.stream_tokens, pid=pid, stream=False)
         rss_end = proc_rss_kib(pid)
     finally:
         for t in targets.values():
@@ -237,6 +245,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     return {
         "single": {name: m.summary() for name, m in single.items()},
         "concurrent": conc,
+        "concurrent_plain": conc_plain,
         "resources": {
             "rss_start_mib": rss_start / 1024 if rss_start else None,
             "rss_end_mib": rss_end / 1024 if rss_end else None,

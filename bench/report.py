@@ -121,6 +121,28 @@ def markdown(data: dict[str, Any]) -> str:
         f"added TTFT P50 / P99: {_f(c['sluice']['ttft_p50_ms'] - c['direct']['ttft_p50_ms'])} / "
         f"{_f(c['sluice']['ttft_p99_ms'] - c['direct']['ttft_p99_ms'])} ms.",
         "",
+    ]
+    plain = data.get("concurrent_plain")
+    if plain:
+        lines += [
+            f"## {s['concurrency']} concurrent non-streamed requests",
+            "",
+            "| path | requests | req/s | latency P50 ms | latency P99 ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for path in ("direct", "sluice"):
+            row = plain[path]
+            lines.append(f"| {path} | {row['requests']} | {_f(row['rps'], 1)} "
+                         f"| {_f(row['total_p50_ms'])} | {_f(row['total_p99_ms'])} |")
+        lines += [
+            "",
+            f"Sluice/direct throughput: "
+            f"{_f(plain['sluice']['rps'] / plain['direct']['rps'] * 100, 1)} %; added latency "
+            f"P50 / P99: {_f(plain['sluice']['total_p50_ms'] - plain['direct']['total_p50_ms'])}"
+            f" / {_f(plain['sluice']['total_p99_ms'] - plain['direct']['total_p99_ms'])} ms.",
+            "",
+        ]
+    lines += [
         "## Gateway process",
         "",
     ]
