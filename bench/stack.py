@@ -180,7 +180,7 @@ class Stack:
 
     def _gateway_env(self) -> dict[str, str]:
         env = dict(os.environ)
-        for name in ("REDIS_URL", "CELERY_BROKER_URL", "SLUICE_LOG_SPOOL_DIR", "SLUICE_DEBUG"):
+        for name in ("REDIS_URL", "CELERY_BROKER_URL", "SLUICE_JOURNAL_DIR", "SLUICE_DEBUG"):
             env.pop(name, None)
         env.update({
             "DJANGO_SETTINGS_MODULE": "config.settings",
