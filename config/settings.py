@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "dashboard",
     "batch",
     "alerts",
+    "pool",
 ]
 
 # For the admin, the dashboard and the ops API. /v1/* bypasses them (see config/asgi.py).
