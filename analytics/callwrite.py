@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 
 Record = dict[str, Any]
 SLICE = 100  # rows between two pauses: ~1.5 ms of Python work
@@ -67,16 +67,19 @@ def _tuples(batch: Sequence[Record], *, adapt: bool) -> list[tuple]:
 
 
 def _adapted(rows: list[tuple]) -> list[tuple]:
-    columns = _columns()
-    convert = [i for i, (_, _, _, field) in enumerate(columns)
+    """Dates, decimals and JSON as Django would store them. The connection is looked up once:
+    `django.db.connection` is a proxy that goes through asgiref's Local on every attribute,
+    which made this three times slower (3.4 ms per 100 rows, held in one go)."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    convert = [(i, field.get_db_prep_save) for i, (_, _, _, field) in enumerate(_columns())
                if field.get_internal_type() in ("DateTimeField", "DecimalField", "JSONField")]
     adapted = []
     for part in _slices(rows):
         for values in part:
             values = list(values)
-            for i in convert:
+            for i, prep in convert:
                 if values[i] is not None:
-                    values[i] = columns[i][3].get_db_prep_save(values[i], connection)
+                    values[i] = prep(values[i], conn)
             adapted.append(tuple(values))
     return adapted
 
