@@ -38,10 +38,18 @@ browser-deps:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null; \
 	  else echo "browser tests need: apt-get install chromium chromium-driver"; fi; }
 
+# Debian's nginx fronts two web replicas in tests/e2e/test_nginx_replicas.py (deploy/nginx.conf).
+.PHONY: nginx-deps
+nginx-deps:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx) >/dev/null; \
+	  else echo "the nginx test needs: apt-get install nginx"; fi; }
+
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup browser-deps lint
+test: setup browser-deps nginx-deps lint
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 	  $(BIN)/python -m pytest $(PYTEST_ARGS)
 
