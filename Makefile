@@ -27,6 +27,23 @@ migrate: setup
 run: migrate
 	$(BIN)/python -m config.run --port $(PORT)
 
+# Production (README "Running in production"): DATABASE_URL, REDIS_URL, SLUICE_SECRET_KEY and
+# SLUICE_ALLOWED_HOSTS come from the environment. migrate runs the start-up checks (it refuses
+# SQLite or a missing secret); supervisord then keeps gunicorn (one uvicorn worker per core),
+# the Celery workers and one beat running in the foreground (deploy/supervisord.conf).
+# `make reload` in another terminal: new web workers, in-flight streams finish on the old ones.
+.PHONY: prod reload
+prod reload: export SLUICE_ENV = production
+prod reload: export SLUICE_VAR_DIR ?= $(CURDIR)/var
+prod: export PORT := $(PORT)
+prod: setup
+	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python manage.py collectstatic --noinput -v0
+	$(BIN)/supervisord -n -c deploy/supervisord.conf
+
+reload:
+	$(BIN)/supervisorctl -c deploy/supervisord.conf signal HUP web
+
 # A few minutes of mixed traffic against a running `make run` (in another terminal).
 demo: setup
 	$(BIN)/python -m bench.demo --url http://127.0.0.1:$(PORT)

@@ -81,7 +81,16 @@ class BareASGIHandler(ASGIHandler):
         # As Django's handler: whichever ends first, the answer or the client's disconnect.
         tasks = [asyncio.create_task(self.listen_for_disconnect(receive)),
                  asyncio.create_task(process_request())]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The server gave up on the request (uvicorn's graceful-shutdown timeout at a
+            # stop or a deploy): cancel the view as a hang-up would, so that the call is
+            # recorded before the lifespan shut-down flushes the log, not lost with the loop.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         for task in tasks:
             if task.done():
                 try:

@@ -21,9 +21,21 @@ VAR_DIR = Path(envstr("SLUICE_VAR_DIR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
+# SLUICE_ENV=production (README "Running in production", `make prod`): DEBUG off, the secret
+# key and the allowed hosts from the environment only, secure cookies behind TLS at nginx,
+# collected static files served by whitenoise. Its start-up check (config/checks.py) refuses
+# SQLite, a missing Redis, a missing or weak secret key, DEBUG and unset allowed hosts.
+SLUICE_ENV = envstr("SLUICE_ENV", "development")
+if SLUICE_ENV not in ("development", "production"):
+    raise ImproperlyConfigured(f"SLUICE_ENV must be development or production, not {SLUICE_ENV!r}")
+PRODUCTION = SLUICE_ENV == "production"
+
+
 def _secret_key() -> str:
-    """A stable key per checkout, so sessions survive restarts without any set-up."""
-    if key := envstr("SLUICE_SECRET_KEY"):
+    """A stable key per checkout, so sessions survive restarts without any set-up; in
+    production only SLUICE_SECRET_KEY ("" makes Django refuse to sign anything, and the
+    start-up check says what to set)."""
+    if (key := envstr("SLUICE_SECRET_KEY")) or PRODUCTION:
         return key
     path = VAR_DIR / "secret.key"
     if not path.exists():
@@ -33,7 +45,9 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 DEBUG = envbool("SLUICE_DEBUG", False)
-ALLOWED_HOSTS = [h.strip() for h in envstr("SLUICE_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+# Production has no default: the start-up check asks for the host names nginx forwards.
+ALLOWED_HOSTS = [h.strip() for h in envstr("SLUICE_ALLOWED_HOSTS", "" if PRODUCTION else "*")
+                 .split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in envstr("SLUICE_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
 ]
@@ -50,6 +64,7 @@ INSTALLED_APPS = [
     "dashboard",
     "batch",
     "alerts",
+    "config.apps.SluiceConfig",  # the start-up checks (config/checks.py)
     "pool",
 ]
 
@@ -62,6 +77,22 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+if PRODUCTION:
+    # TLS ends at nginx (deploy/nginx.conf), which says so in X-Forwarded-Proto: cookies are
+    # sent over HTTPS only. SLUICE_SECURE_COOKIES=0 for a trial over plain HTTP.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = envbool("SLUICE_SECURE_COOKIES", True)
+    # nginx redirects HTTP to HTTPS and may add HSTS itself; either can be Django's instead.
+    SECURE_SSL_REDIRECT = envbool("SLUICE_SSL_REDIRECT", False)
+    SECURE_HSTS_SECONDS = envint("SLUICE_HSTS_SECONDS", 0)
+    # Collected static files (admin CSS, plotly.js) with hashed names, compressed, cached
+    # forever. A sync-only middleware, on the full stack only: /v1/* never passes through it.
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -120,6 +151,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(_broker_dir / "control"),
     }
 CELERY_TASK_IGNORE_RESULT = True
+# Prefork processes per Celery worker (0: one per core, Celery's default).
+if _worker_concurrency := envint("SLUICE_WORKER_CONCURRENCY", 0):
+    CELERY_WORKER_CONCURRENCY = _worker_concurrency
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 LANGUAGE_CODE = "en-us"
@@ -128,7 +162,8 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# Where `manage.py collectstatic` puts them for production (whitenoise or nginx serve them).
+STATIC_ROOT = Path(envstr("SLUICE_STATIC_ROOT") or VAR_DIR / "static")
 # plotly.js comes from the installed plotly package: no CDN, same version as the figures.
 STATICFILES_DIRS = [("plotly", Path(plotly.__file__).parent / "package_data")]
 LOGIN_URL = "/admin/login/"
