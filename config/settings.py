@@ -39,7 +39,16 @@ def _secret_key() -> str:
         return key
     path = VAR_DIR / "secret.key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
+        # Written aside and linked into place: of processes starting together on a fresh var
+        # dir, one key wins and every one of them reads it (never a half-written file).
+        aside = path.with_name(f".secret.key.{os.getpid()}")
+        aside.write_text(secrets.token_urlsafe(50))
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        finally:
+            aside.unlink()
     return path.read_text().strip()
 
 
