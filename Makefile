@@ -78,5 +78,12 @@ bench: setup
 bench-routing: setup
 	$(BIN)/python -m bench.routing
 
+# The inputs of docs/scaling.md (about 2.5 minutes): streams/s per web process, call-log inserts,
+# rollups, Redis commands per request. It needs PostgreSQL (DATABASE_URL's server; it creates
+# and drops its own sluice_scale database) and Redis (db 9, flushed).
+.PHONY: bench-scale
+bench-scale: setup
+	$(BIN)/python -m bench.scale
+
 clean:
 	rm -rf $(VENV) var

@@ -76,6 +76,11 @@ class Stack:
     startup_timeout_s: float = 60.0
     # Which ASGI app uvicorn serves; another module here lets a variant be compared as-is.
     asgi_app: str = "config.asgi:application"
+    # The gateway's database and Redis: by default a SQLite file in the temporary directory
+    # and no Redis. `python -m bench.scale` points them at a scratch PostgreSQL database and
+    # a Redis database of its own.
+    database_url: str | None = None
+    redis_url: str | None = None
     master_key: str = field(default_factory=lambda: "sk-bench-" + secrets.token_hex(12))
     sim: SimulatorProcess | None = None
     gateway: subprocess.Popen[bytes] | None = None
@@ -185,11 +190,13 @@ class Stack:
         env.update({
             "DJANGO_SETTINGS_MODULE": "config.settings",
             "SLUICE_VAR_DIR": str(self.var_dir),
-            "DATABASE_URL": f"sqlite:///{self.var_dir / 'sluice.sqlite3'}",
+            "DATABASE_URL": self.database_url or f"sqlite:///{self.var_dir / 'sluice.sqlite3'}",
             "SLUICE_MASTER_KEY": self.master_key,
             "SLUICE_LOG_LEVEL": "WARNING",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
         })
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
         return env
 
     def _manage(self, env: dict[str, str], *args: str) -> None:
