@@ -236,9 +236,11 @@ def test_it_counts_a_failed_call_as_an_error_of_its_type(gateway, pool, master, 
 
 # --- gauges from each process's pool state ------------------------------------------------------
 def test_its_gauges_show_each_backends_breaker_slots_and_queue(gateway, master):
+    # Gauges are published every interval: wait until the last test's requests have left too.
     samples = scrape_until(gateway.url, lambda m: [
-        total(m, "sluice_backend_breaker_state", backend=f"sim-{i}", state="closed")
-        for i in (1, 2)] == [1, 1])
+        (total(m, "sluice_backend_breaker_state", backend=f"sim-{i}", state="closed"),
+         total(m, "sluice_backend_in_flight", backend=f"sim-{i}", model=SIM_MODEL))
+        for i in (1, 2)] == [(1, 0), (1, 0)])
 
     for name in ("sim-1", "sim-2"):
         assert total(samples, "sluice_backend_breaker_state", backend=name, state="open") == 0
