@@ -18,6 +18,29 @@ from simulator.process import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def db_url(port: int | None = None) -> str:
+    """The test database, for processes started by a test; `port`: reach it through a relay
+    listening there on 127.0.0.1 (TcpRelay) instead."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    auth = s["USER"] or "postgres"
+    if s["PASSWORD"]:
+        auth += f":{s['PASSWORD']}"
+    host = "127.0.0.1" if port else (s["HOST"] or "127.0.0.1")
+    return f"postgres://{auth}@{host}:{port or s['PORT'] or 5432}/{s['NAME']}"
+
+
+def until_true(check, timeout_s: float = 20.0) -> bool:
+    """Poll `check` until it is true (True) or `timeout_s` has passed (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class TcpRelay:
     """Forwards 127.0.0.1:<port> to a target. `cut()` drops every connection and refuses new
     ones, as a database host going away would; `restore()` accepts again on the same port."""

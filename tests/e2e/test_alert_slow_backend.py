@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import openai
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from alerts.evaluate import RunResult, rules_evaluate
@@ -40,7 +38,7 @@ from analytics.selectors import summary_compute
 from proxy.models import ApiKey, Backend, Route
 from simulator.process import SimulatorProcess
 from tests.alerts.support import Recorder
-from tests.processes import GatewayProcess
+from tests.processes import GatewayProcess, db_url, until_true
 
 MODEL = "sim-model"
 DELAY_MS = 2000  # the slow backend's extra wait before its first byte
@@ -55,19 +53,6 @@ FAST_CALLS = 400
 BASELINE_CALLS = 5
 
 
-def db_url() -> str:
-    s = connection.settings_dict
-    return (f"postgres://{s['USER'] or 'postgres'}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}"
-            f"/{s['NAME']}")
-
-
-def until(check, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 @pytest.fixture
@@ -131,7 +116,7 @@ def traffic(sdk: openai.OpenAI, count: int, *, threads: int = 4) -> None:
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(one, range(count)))
-    assert until(lambda: Call.objects.count() >= expected), "the calls never reached the log"
+    assert until_true(lambda: Call.objects.count() >= expected), "the calls never reached the log"
     assert Call.objects.count() == expected
 
 

@@ -58,7 +58,7 @@ from proxy.ratelimit import PREFIX as RATELIMIT_PREFIX
 from proxy.semantic_index import PREFIX as SEMANTIC_PREFIX
 from proxy.snapshot import RouteInfo
 from simulator.process import SimulatorProcess, free_port
-from tests.processes import ROOT, GatewayProcess, TcpRelay
+from tests.processes import ROOT, GatewayProcess, TcpRelay, db_url
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = [
@@ -83,11 +83,6 @@ LONG = 90.0  # seconds: any wait for something that should take one or two
 def say(message: str) -> None:
     print(f"[nginx e2e] {message}")
 
-
-def db_url(port: int | None = None) -> str:
-    s = connection.settings_dict
-    return (f"postgres://{s['USER'] or 'postgres'}@{s['HOST'] or '127.0.0.1'}:"
-            f"{port or s['PORT'] or 5432}/{s['NAME']}")
 
 
 def committed(write: Callable[[], Any]) -> Any:

@@ -20,26 +20,17 @@ from pathlib import Path
 import openai
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from analytics.models import Call
 from proxy.models import ApiKey, Backend, Route
 from simulator.process import SimulatorProcess, free_port
 from tests.e2e.test_make_run import MakeRun
+from tests.processes import db_url
 
 ROOT = Path(__file__).resolve().parents[2]
 MASTER_KEY = "sk-master-prod"
 SLOW_MODEL = "sim-slow"
 TOKENS_PER_S = 20  # the slow simulator's decode speed: a 80-token stream lasts 4 s
-
-
-def db_url() -> str:
-    """The test database, for processes started by a test."""
-    s = connection.settings_dict
-    auth = s["USER"] or "postgres"
-    if s["PASSWORD"]:
-        auth += f":{s['PASSWORD']}"
-    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 def prod_env(var_dir: Path, *, database_url: str | None = None, **extra: str) -> dict[str, str]:

@@ -10,20 +10,14 @@ import openai
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection
 
 from analytics.models import Call
 from proxy.models import ApiKey
 from proxy.ratelimit import PREFIX
-from tests.processes import GatewayProcess
+from tests.processes import GatewayProcess, db_url
 
 RPM = 20
 
-
-def db_url() -> str:
-    s = connection.settings_dict
-    return (f"postgres://{s['USER'] or 'postgres'}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}"
-            f"/{s['NAME']}")
 
 
 @pytest.fixture

@@ -12,25 +12,12 @@ from django.db import connection
 from django.db.models import Count
 
 from analytics.models import Call
-from tests.processes import GatewayProcess, TcpRelay
+from tests.processes import GatewayProcess, TcpRelay, db_url, until_true
 
 MASTER = "sk-master-crash"
 SLOW_FLUSH = {"SLUICE_LOG_FLUSH_INTERVAL_S": "5", "SLUICE_JOURNAL_SCAN_S": "0.5"}
 
 
-def db_url(port: int | None = None) -> str:
-    s = connection.settings_dict
-    return (f"postgres://{s['USER'] or 'postgres'}@127.0.0.1:"
-            f"{port or int(s['PORT'] or 5432)}/{s['NAME']}")
-
-
-def until(check, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 class SteadyLoad:
@@ -111,9 +98,9 @@ def test_a_killed_process_loses_no_answered_call_and_logs_none_twice(pool, start
 
     started(database_url=db_url(), var_dir=first.var_dir, env=SLOW_FLUSH)
 
-    assert until(lambda: answered <= logged_ids().keys())
+    assert until_true(lambda: answered <= logged_ids().keys())
     assert max(logged_ids().values()) == 1
-    assert until(lambda: first.journal_segments() == [])
+    assert until_true(lambda: first.journal_segments() == [])
 
 
 def test_a_replay_while_the_database_is_down_happens_once_it_is_back(pool, started):
@@ -136,9 +123,9 @@ def test_a_replay_while_the_database_is_down_happens_once_it_is_back(pool, start
 
         relay.restore()
 
-        assert until(lambda: answered <= logged_ids().keys())
+        assert until_true(lambda: answered <= logged_ids().keys())
         assert max(logged_ids().values()) == 1
-        assert until(lambda: first.journal_segments() == [])
+        assert until_true(lambda: first.journal_segments() == [])
         assert "replayed" in second.log()
     finally:
         relay.cut()

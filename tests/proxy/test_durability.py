@@ -10,15 +10,11 @@ import pytest
 from django.db import connection
 
 from analytics.models import Call
-from tests.processes import GatewayProcess, TcpRelay
+from tests.processes import GatewayProcess, TcpRelay, db_url, until_true
 
 MASTER = "sk-master-durability"
 MESSAGES = [{"role": "user", "content": "Are my calls safe?"}]
 
-
-def db_url(port: int) -> str:
-    s = connection.settings_dict
-    return f"postgres://{s['USER'] or 'postgres'}@127.0.0.1:{port}/{s['NAME']}"
 
 
 def wait_for_calls(n: int, timeout_s: float = 15.0) -> int:
@@ -27,14 +23,6 @@ def wait_for_calls(n: int, timeout_s: float = 15.0) -> int:
         time.sleep(0.1)
     return Call.objects.count()
 
-
-def until_true(check, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.fixture
