@@ -100,10 +100,13 @@ class ThreadedGateway:
 
 @pytest.fixture(scope="session")
 def threaded_gateway(django_db_setup, django_db_blocker):
-    """One gateway for the session. Its writer thread and config refresh never fire on
-    their own here: each test reloads the config and flushes the log where it wants to."""
+    """One gateway for the session. Its writer thread, config refresh and health probes never
+    fire on their own here: each test reloads the config, flushes the log and probes the pool
+    where it wants to (a probe landing mid-test would take a dead backend out before the
+    request path meets it)."""
     settings.SLUICE_LOG_FLUSH_INTERVAL_S = 3600
     settings.SLUICE_CONFIG_REFRESH_S = 3600
+    settings.SLUICE_HEALTH_INTERVAL_S = 3600
     gateway = ThreadedGateway()
     with django_db_blocker.unblock():
         gateway.start()
