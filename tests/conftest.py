@@ -100,13 +100,15 @@ class ThreadedGateway:
 
 @pytest.fixture(scope="session")
 def threaded_gateway(django_db_setup, django_db_blocker):
-    """One gateway for the session. Its writer thread, config refresh and health probes never
-    fire on their own here: each test reloads the config, flushes the log and probes the pool
-    where it wants to (a probe landing mid-test would take a dead backend out before the
-    request path meets it)."""
+    """One gateway for the session. Its writer thread, config refresh, health probes and load
+    scrapes never fire on their own here: each test reloads the config, flushes the log,
+    probes and scrapes the pool where it wants to. (A probe landing mid-test takes a dead
+    backend out before the request path meets it; a scrape taken while a call runs makes
+    that backend look busy to the next call.)"""
     settings.SLUICE_LOG_FLUSH_INTERVAL_S = 3600
     settings.SLUICE_CONFIG_REFRESH_S = 3600
     settings.SLUICE_HEALTH_INTERVAL_S = 3600
+    settings.SLUICE_LOAD_SCRAPE_S = 0
     gateway = ThreadedGateway()
     with django_db_blocker.unblock():
         gateway.start()
