@@ -253,13 +253,18 @@ async def _lease_take(plan: Plan, log: CallLog, deadline: float) -> Lease:
         model, candidates = picked
         queue_timeout = min(settings.SLUICE_QUEUE_TIMEOUT_S, max(0.0, deadline - time.monotonic()))
         waited = time.perf_counter()
+        lease = None
         try:
-            return await slot_acquire(model, candidates, timeout_s=queue_timeout,
-                                      hint=plan.hint)
+            lease = await slot_acquire(model, candidates, timeout_s=queue_timeout,
+                                       hint=plan.hint)
+            return lease
         except NoCandidate:
             plan.model_done()
         finally:
-            log.queue_wait((time.perf_counter() - waited) * 1000.0)
+            # A slot taken at once is no wait, however long the interpreter took to hand it
+            # over (another thread may hold it for a few ms); only a turn in the queue is.
+            if lease is None or lease.queued:
+                log.queue_wait((time.perf_counter() - waited) * 1000.0)
 
 
 def _attempt_failed(log: CallLog, lease: Lease, why: str) -> None:

@@ -80,13 +80,14 @@ def backend_available(backend: BackendInfo) -> bool:
 class Lease:
     """One request's slot on one backend, from the pick until `release`."""
 
-    __slots__ = ("backend", "state", "released", "reason")
+    __slots__ = ("backend", "state", "released", "reason", "queued")
 
     def __init__(self, backend: BackendInfo, state: BackendState, reason: str) -> None:
         self.backend = backend
         self.state = state
         self.released = False
         self.reason = reason  # why the scheduler picked it
+        self.queued = False  # it waited its turn in the model's queue
 
     def release(self, outcome: str, *, latency_ms: float | None = None, why: str = "") -> None:
         """Free the slot (waking the model's queue) and tell the breaker how it went."""
@@ -167,6 +168,7 @@ async def _queued(model: str, candidates: Sequence[BackendInfo], queue: deque[as
                     raise NoCandidate(model)
                 lease = _take_free(model, candidates, hint)
                 if lease is not None:
+                    lease.queued = True
                     return lease
             remaining = deadline - loop.time()
             if remaining <= 0:
