@@ -92,23 +92,14 @@ class BareASGIHandler(ASGIHandler):
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         listener, processor = tasks
-        del tasks
         if listener.done():
             heard = listener.exception()  # marks it retrieved; RequestAborted is the usual end
             if heard is not None and not isinstance(heard, RequestAborted):
                 raise heard
         else:
-            listener.cancel()
-            try:
-                await listener
-            except asyncio.CancelledError:
-                pass
+            await _cancelled(listener)
         if not processor.done():
-            processor.cancel()
-            try:
-                await processor
-            except asyncio.CancelledError:
-                pass
+            await _cancelled(processor)
         body_file.close()
         # Read the outcomes without re-raising what was expected: a re-raised exception's
         # traceback holds this frame, which holds the task that holds the exception. That
@@ -120,6 +111,14 @@ class BareASGIHandler(ASGIHandler):
         if error is not None:
             raise error
         _response_close(processor.result())
+
+
+async def _cancelled(task: asyncio.Task) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
 
 
 def _response_close(response) -> None:

@@ -2,6 +2,7 @@
 (`make test` points DATABASE_URL and REDIS_URL at them) and real simulator processes."""
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -16,8 +17,10 @@ import uvicorn
 from django.conf import settings
 
 from analytics.recorder import recorder
+from proxy.loadscrape import load_scrape_all
 from proxy.models import ApiKey, Backend, Route
-from proxy.snapshot import snapshot_reload
+from proxy.snapshot import snapshot_current, snapshot_reload
+from proxy.upstream import session_close
 from simulator.process import SimulatorProcess
 
 # Prometheus' multi-process files of the in-process gateway, apart from any `make run` in this
@@ -96,6 +99,16 @@ class ThreadedGateway:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def pool_scrape(period_s: float = 1.0) -> None:
+    """One scrape of every backend's /metrics, as the gateway's loop takes it (the session's
+    test gateway takes none on its own)."""
+    async def run():
+        await load_scrape_all(snapshot_current(), period_s=period_s)
+        await session_close()
+
+    asyncio.run(run())
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,13 @@
 """Each backend's /metrics, scraped for the scheduler: parsing, hit rates, staleness."""
-import asyncio
 
 import pytest
 
-from proxy.loadscrape import load_apply, load_scrape_all, metrics_parse
+from proxy.loadscrape import load_apply, metrics_parse
 from proxy.models import Backend
 from proxy.pool import backend_state
 from proxy.snapshot import snapshot_current, snapshot_reload
-from proxy.upstream import session_close
 from simulator.process import SimulatorProcess, free_port
+from tests.conftest import pool_scrape
 
 VLLM_PAGE = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -71,18 +70,10 @@ def test_the_prefix_hit_rate_is_taken_between_two_scrapes(backend):
     assert state.prefix_hit_rate == pytest.approx(300 / 400)
 
 
-def scrape(period_s: float = 1.0) -> None:
-    async def run():
-        await load_scrape_all(snapshot_current(), period_s=period_s)
-        await session_close()
-
-    asyncio.run(run())
-
-
 def test_a_real_simulators_load_is_scraped(backend):
     with SimulatorProcess(model="scrape-model", ttft_ms=1, tokens_per_s=5000) as sim:
         b = backend(sim.url)
-        scrape()
+        pool_scrape()
 
     state = backend_state(b)
     assert state.scraped_at > 0
@@ -94,6 +85,6 @@ def test_a_backend_that_stops_answering_loses_its_figures_once_they_are_stale(ba
     state = backend_state(b)
     load_apply(state, b, metrics_parse(VLLM_PAGE), now=1.0)  # long ago
 
-    scrape(period_s=0.5)
+    pool_scrape(period_s=0.5)
 
     assert (state.scraped_at, state.waiting, state.kv_usage) == (0.0, 0, 0.0)

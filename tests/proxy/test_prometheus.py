@@ -6,7 +6,6 @@ every scrape is parsed back with prometheus_client's own parser. Counters are co
 differences between two scrapes, since the whole test session shares one directory."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -28,13 +27,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from analytics.models import Call
 from analytics.recorder import recorder
 from config.metrics import metrics_dir_reset
-from proxy.loadscrape import load_scrape_all
 from proxy.models import Backend, Price, Route
 from proxy.prom_gauges import dead_processes_sweep
-from proxy.snapshot import snapshot_current, snapshot_reload
-from proxy.upstream import session_close
+from proxy.snapshot import snapshot_reload
 from simulator.process import SimulatorProcess
-from tests.conftest import SIM_MODEL
+from tests.conftest import SIM_MODEL, pool_scrape
 from tests.processes import ROOT, GatewayProcess, TcpRelay
 
 MASTER = "sk-master-metrics"
@@ -253,18 +250,8 @@ def test_its_gauges_show_each_backends_breaker_slots_and_queue(gateway, master):
     assert total(samples, "sluice_queue_length", model=SIM_MODEL) == 0
 
 
-def load_scrape_now() -> None:
-    """One scrape of the pool's /metrics, as the gateway's loop would take it (the session's
-    test gateway takes none on its own)."""
-    async def run():
-        await load_scrape_all(snapshot_current(), period_s=1.0)
-        await session_close()
-
-    asyncio.run(run())
-
-
 def test_its_load_gauges_show_what_each_backend_reported(gateway, master):
-    load_scrape_now()
+    pool_scrape()
     samples = scrape_until(gateway.url, lambda m: (
         "sluice_backend_kv_cache_usage_ratio",
         frozenset({("backend", "sim-1"), ("model", SIM_MODEL)})) in m)
