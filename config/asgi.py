@@ -10,7 +10,8 @@ Django runs each classic middleware's hooks through sync_to_async, so the defaul
 /v1 requests about eleven thread hops each; the bench measured +9 ms TTFT at 16 concurrent
 streams from that alone. The proxy needs none of it (no session, CSRF, user or messages), so
 /v1/*, /tokenize, /detokenize, /health and /ready go to a Django handler with an empty
-middleware chain.
+middleware chain, and the proxied POST endpoints among them skip Django's request and
+response objects altogether (config.asgi_direct).
 """
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ from django.core.handlers.exception import convert_exception_to_response  # noqa
 from django.urls import get_resolver, set_script_prefix  # noqa: E402
 
 django_application = get_asgi_application()
+
+from config.asgi_direct import (  # noqa: E402  (needs the apps loaded)
+    PROXIED_PATHS,
+    answer_or_hang_up,
+    proxied_serve,
+    response_close,
+)
 
 
 class BareASGIHandler(ASGIHandler):
@@ -67,7 +75,7 @@ class BareASGIHandler(ASGIHandler):
         if request is None:
             body_file.close()
             await self.send_response(error_response, send)
-            _response_close(error_response)
+            response_close(error_response)
             return
 
         async def process_request():
@@ -78,57 +86,12 @@ class BareASGIHandler(ASGIHandler):
                 pass  # the client left while the answer was going out
             return response
 
-        # As Django's handler: whichever ends first, the answer or the client's disconnect.
-        tasks = [asyncio.create_task(self.listen_for_disconnect(receive)),
-                 asyncio.create_task(process_request())]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            # The server gave up on the request (uvicorn's graceful-shutdown timeout at a
-            # stop or a deploy): cancel the view as a hang-up would, so that the call is
-            # recorded before the lifespan shut-down flushes the log, not lost with the loop.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        listener, processor = tasks
-        if listener.done():
-            heard = listener.exception()  # marks it retrieved; RequestAborted is the usual end
-            if heard is not None and not isinstance(heard, RequestAborted):
-                raise heard
-        else:
-            await _cancelled(listener)
-        if not processor.done():
-            await _cancelled(processor)
-        body_file.close()
-        # Read the outcomes without re-raising what was expected: a re-raised exception's
-        # traceback holds this frame, which holds the task that holds the exception. That
-        # cycle per request (about 50 objects, the request and response among them) was what
-        # the garbage collector's young passes spent 5-15 ms freeing at 16 concurrent requests.
-        if processor.cancelled():
-            return
-        error = processor.exception()
-        if error is not None:
-            raise error
-        _response_close(processor.result())
-
-
-async def _cancelled(task: asyncio.Task) -> None:
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-
-
-def _response_close(response) -> None:
-    """`HttpResponseBase.close()` without its `request_finished` signal (see above)."""
-    for closer in response._resource_closers:
-        try:
-            closer()
-        except Exception:
-            logger.exception("closing a response failed")
-    response.closed = True
+            response = await answer_or_hang_up(receive, process_request())
+        finally:
+            body_file.close()
+        if response is not None:
+            response_close(response)
 
 
 BARE_PATHS = ("/v1/", "/health", "/ready", "/tokenize", "/detokenize")
@@ -167,8 +130,14 @@ class LifespanApp:
         self._tasks: list[asyncio.Task] = []
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(BARE_PATHS):
-            await self.bare(scope, receive, send)
+        if scope["type"] == "http":
+            view = PROXIED_PATHS.get(scope["path"])
+            if view is not None:
+                await proxied_serve(scope, receive, send, view)
+            elif scope["path"].startswith(BARE_PATHS):
+                await self.bare(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:

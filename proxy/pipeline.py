@@ -110,7 +110,7 @@ async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpRespo
                   if caching is not None and caching.store else None),
         )
         weakref.finalize(relay, _stream_dropped, upstream, log, snapshot)
-        response = StreamingHttpResponse(relay, content_type="text/event-stream")
+        response = RelayResponse(relay, content_type="text/event-stream")
         for name, value in STREAM_HEADERS.items():
             response[name] = value
         return _tagged(response, log)
@@ -135,6 +135,15 @@ async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpRespo
     finally:
         log.finish(snapshot)
     return _tagged(response, log)
+
+
+class RelayResponse(StreamingHttpResponse):
+    """A stream of bytes the relay makes whole: the ASGI layer sends `relay`'s parts as they
+    are (config.asgi_direct), without Django's two wrapping generators per part."""
+
+    def __init__(self, relay: AsyncIterator[bytes], **kwargs: Any) -> None:
+        super().__init__(relay, **kwargs)
+        self.relay = relay
 
 
 async def _body_relay(upstream: aiohttp.ClientResponse, log: CallLog) -> HttpResponse:
