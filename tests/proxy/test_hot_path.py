@@ -8,6 +8,8 @@ from django.db.backends.utils import CursorWrapper
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
+from config.asgi_direct import ProxyRequest
+
 MESSAGES = [{"role": "user", "content": "Count the queries."}]
 
 
@@ -89,5 +91,5 @@ def test_a_served_request_leaves_no_reference_cycle_behind(sdk, cyclic_garbage):
         list(sdk.chat.completions.create(model="default", messages=MESSAGES, stream=True))
 
     left = [type(o).__name__ for o in cyclic_garbage()
-            if isinstance(o, (HttpRequest, HttpResponseBase, asyncio.Task))]
+            if isinstance(o, (ProxyRequest, HttpRequest, HttpResponseBase, asyncio.Task))]
     assert left == []
