@@ -27,6 +27,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -42,6 +44,7 @@ from bench.stack import (
     Pinning,
     SimSettings,
     Stack,
+    cpu_steal_s,
     proc_cpu_s,
     proc_rss_kib,
 )
@@ -179,6 +182,28 @@ async def concurrent(targets: dict[str, Target], tally: Tally, *, requests: int,
     return out, cpu
 
 
+class Noise:
+    """CPU time stolen from the gateway's core per phase (see `cpu_steal_s`): a tail that
+    moves between identical runs is the machine's when its phase shows steal."""
+
+    def __init__(self, cpus: frozenset[int] | None) -> None:
+        self.cpus = cpus
+        self.phases: list[dict[str, Any]] = []
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        steal0, started = cpu_steal_s(self.cpus), time.perf_counter()
+        try:
+            yield
+        finally:
+            steal1 = cpu_steal_s(self.cpus)
+            self.phases.append({
+                "phase": name, "wall_s": time.perf_counter() - started,
+                "steal_ms": None if steal0 is None or steal1 is None
+                else (steal1 - steal0) * 1000,
+            })
+
+
 def machine_facts() -> dict[str, Any]:
     cpu_model = "unknown"
     try:
@@ -218,6 +243,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         await t.open()
     tally = Tally()
     pid = stack.gateway_pid
+    noise = Noise(stack.pinning.gateway)
     try:
         log("warm-up")
         await one_in_flight(targets, tally, rounds=args.warmup, max_tokens=args.max_tokens,
@@ -227,17 +253,21 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         gc.freeze()  # the load generator's own GC pauses should not land in the samples
         log(f"one in flight: {args.rounds} rounds")
         sluice_before = tally.sluice_requests
-        single, cpu_single = await one_in_flight(targets, tally, rounds=args.rounds,
-                                                 max_tokens=args.max_tokens, pid=pid)
+        with noise.phase("one in flight"):
+            single, cpu_single = await one_in_flight(targets, tally, rounds=args.rounds,
+                                                     max_tokens=args.max_tokens, pid=pid)
         single_requests = tally.sluice_requests - sluice_before
         log(f"{args.concurrency} concurrent: {args.stream_requests} requests per path")
-        conc, cpu_conc = await concurrent(
-            targets, tally, requests=args.stream_requests, blocks=args.stream_blocks,
-            concurrency=args.concurrency, tokens=args.stream_tokens, pid=pid)
+        with noise.phase(f"{args.concurrency} concurrent streams"):
+            conc, cpu_conc = await concurrent(
+                targets, tally, requests=args.stream_requests, blocks=args.stream_blocks,
+                concurrency=args.concurrency, tokens=args.stream_tokens, pid=pid)
         log(f"{args.concurrency} concurrent, non-streamed: {args.stream_requests} per path")
-        conc_plain, _ = await concurrent(
-            targets, tally, requests=args.stream_requests, blocks=args.stream_blocks,
-            concurrency=args.concurrency, tokens=args.stream_tokens, pid=pid, stream=False)
+        with noise.phase(f"{args.concurrency} concurrent non-streamed"):
+            conc_plain, _ = await concurrent(
+                targets, tally, requests=args.stream_requests, blocks=args.stream_blocks,
+                concurrency=args.concurrency, tokens=args.stream_tokens, pid=pid,
+                stream=False)
         rss_end = proc_rss_kib(pid)
     finally:
         for t in targets.values():
@@ -252,6 +282,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
             "cpu_s_single": cpu_single, "cpu_s_concurrent": cpu_conc,
             "cpu_ms_per_req_single": cpu_single * 1000 / max(1, single_requests),
             "cpu_ms_per_req_concurrent": cpu_conc * 1000 / max(1, conc["sluice"]["requests"]),
+            "steal": noise.phases,
         },
         "_tally": tally,
     }

@@ -153,6 +153,14 @@ def markdown(data: dict[str, Any]) -> str:
         f"- CPU per request: {_f(r['cpu_ms_per_req_single'])} ms at one in flight, "
         f"{_f(r['cpu_ms_per_req_concurrent'])} ms at {s['concurrency']} concurrent streams "
         f"(utime+stime of the uvicorn process over the Sluice requests of each phase)",
+    ]
+    if r.get("steal"):
+        stolen = "; ".join(
+            f"{p['phase']} {_f(p['steal_ms'], 0)} ms over {_f(p['wall_s'], 0)} s"
+            for p in r["steal"])
+        lines.append(f"- CPU stolen from the gateway's core by the hypervisor (/proc/stat "
+                     f"steal): {stolen}")
+    lines += [
         "",
         "## Checks",
         "",

@@ -266,3 +266,20 @@ def proc_cpu_s(pid: int) -> float | None:
     fields = stat[stat.rindex(")") + 2:].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of the line)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_steal_s(cpus: frozenset[int] | None) -> float | None:
+    """Seconds since boot that the hypervisor gave these CPUs (all of them when None) to
+    someone else: /proc/stat's steal column. A bench phase with much of it ran on a noisy
+    machine: every process on that core, the gateway included, stood still meanwhile."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    wanted = {"cpu"} if cpus is None else {f"cpu{n}" for n in cpus}
+    ticks = 0
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0] in wanted and len(fields) > 8:
+            ticks += int(fields[8])  # user nice system idle iowait irq softirq steal
+    return ticks / os.sysconf("SC_CLK_TCK")
