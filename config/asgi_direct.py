@@ -125,7 +125,8 @@ async def response_send(response: HttpResponseBase, send: Callable) -> None:
         headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
     if not response.streaming:
         body = response.content
-        headers.append((b"Content-Length", b"%d" % len(body)))
+        if not response.has_header("Content-Length"):
+            headers.append((b"Content-Length", b"%d" % len(body)))
         await send({"type": "http.response.start", "status": response.status_code,
                     "headers": headers})
         await send({"type": "http.response.body", "body": body})
