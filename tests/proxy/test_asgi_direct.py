@@ -108,12 +108,17 @@ def raw_exchange(gateway, request: bytes) -> bytes:
     return answer
 
 
+def chat_post(key: str, **fields) -> bytes:
+    """A chat completion POST as a client writes it, lower-case header names included."""
+    body = json.dumps({"model": "default", "messages": MESSAGES, "max_tokens": 3,
+                       **fields}).encode()
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n"
+            b"authorization: Bearer " + key.encode() + b"\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(body)) + body
+
+
 def test_a_whole_answer_goes_out_with_its_content_length(gateway, pool):
-    body = json.dumps({"model": "default", "messages": MESSAGES, "max_tokens": 3}).encode()
-    answer = raw_exchange(gateway, (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n"
-        b"authorization: Bearer " + pool.encode() + b"\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\n\r\n" % len(body)) + body)
+    answer = raw_exchange(gateway, chat_post(pool))
 
     head, _, payload = answer.partition(b"\r\n\r\n")
     lines = head.decode().lower().split("\r\n")
@@ -124,12 +129,7 @@ def test_a_whole_answer_goes_out_with_its_content_length(gateway, pool):
 
 
 def test_a_stream_goes_out_chunked_and_ends_with_done(gateway, pool):
-    body = json.dumps({"model": "default", "messages": MESSAGES, "max_tokens": 3,
-                       "stream": True}).encode()
-    answer = raw_exchange(gateway, (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n"
-        b"Authorization: Bearer " + pool.encode() + b"\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body)) + body)
+    answer = raw_exchange(gateway, chat_post(pool, stream=True))
 
     head, _, payload = answer.partition(b"\r\n\r\n")
     lines = head.decode().lower().split("\r\n")
