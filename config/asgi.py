@@ -78,16 +78,10 @@ class BareASGIHandler(ASGIHandler):
             response_close(error_response)
             return
 
-        async def process_request():
-            response = await self.run_get_response(request)
-            try:
-                await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client left while the answer was going out
-            return response
-
         try:
-            response = await answer_or_hang_up(receive, process_request())
+            response = await answer_or_hang_up(
+                receive, lambda: self.run_get_response(request),
+                lambda r: self.send_response(r, send))
         finally:
             body_file.close()
         if response is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -36,23 +36,22 @@ from proxy.endpoints import (
     RESPONSES,
     SCORE,
     TOKENIZE,
-    Endpoint,
 )
-from proxy.errors import ApiError
+from proxy.errors import internal_error
 
 logger = logging.getLogger("sluice.asgi")
 
 View = Callable[[Any], Awaitable[HttpResponseBase]]
 
 
-def _views(endpoints: tuple[Endpoint, ...]) -> dict[str, View]:
-    # The gateway serves each endpoint at the path vLLM serves it at.
-    return {endpoint.upstream_path: api.proxied(endpoint) for endpoint in endpoints}
-
-
-PROXIED_PATHS: dict[str, View] = _views(
-    (CHAT, COMPLETIONS, EMBEDDINGS, RERANK, SCORE, TOKENIZE, DETOKENIZE, RESPONSES)
-)
+# The gateway serves each endpoint at the path vLLM serves it at.
+PROXIED_PATHS: dict[str, View] = {
+    endpoint.upstream_path: view for endpoint, view in (
+        (CHAT, api.chat_completions), (COMPLETIONS, api.completions),
+        (EMBEDDINGS, api.embeddings), (RERANK, api.rerank), (SCORE, api.score),
+        (TOKENIZE, api.tokenize), (DETOKENIZE, api.detokenize), (RESPONSES, api.responses),
+    )
+}
 
 
 class RequestHeaders(dict):
@@ -148,29 +147,28 @@ async def proxied_serve(scope: dict[str, Any], receive: Callable, send: Callable
     if request is None:
         return
 
-    async def process() -> HttpResponseBase:
+    async def answer() -> HttpResponseBase:
         try:
-            response = await view(request)
+            return await view(request)
         except Exception:  # the pipeline answers its own errors; this is a bug of ours
             logger.exception("%s %s failed", request.method, request.path)
-            response = ApiError(500, "Sluice failed to handle this request.",
-                                type="server_error", code="internal_error").response()
-        try:
-            await response_send(response, send)
-        except asyncio.CancelledError:
-            pass  # the client left while the answer was going out
-        return response
+            return internal_error().response()
 
-    response = await answer_or_hang_up(receive, process())
+    response = await answer_or_hang_up(receive, answer, lambda r: response_send(r, send))
     if response is not None:
         response_close(response)
 
 
-async def answer_or_hang_up(receive: Callable, work: Coroutine[Any, Any, Any]) -> Any:
-    """Run `work` (which sends the answer) against the client's disconnect, whichever ends
-    first, as Django's handler does: a hang-up cancels the work (and so the upstream request)
-    and gives None; otherwise the work's result."""
-    tasks = [asyncio.create_task(_disconnect_heard(receive)), asyncio.create_task(work)]
+async def answer_or_hang_up(
+    receive: Callable,
+    answer: Callable[[], Awaitable[HttpResponseBase]],
+    sender: Callable[[HttpResponseBase], Awaitable[None]],
+) -> HttpResponseBase | None:
+    """Make the answer (`answer()`, called inside the race) and send it with `sender`, racing
+    the client's disconnect as Django's handler does: a hang-up cancels the work (and so the
+    upstream request) and gives None; otherwise the response sent, for the caller to close."""
+    tasks = [asyncio.create_task(_disconnect_heard(receive)),
+             asyncio.create_task(_respond(answer, sender))]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
@@ -200,6 +198,16 @@ async def answer_or_hang_up(receive: Callable, work: Coroutine[Any, Any, Any]) -
     if error is not None:
         raise error
     return processor.result()
+
+
+async def _respond(answer: Callable[[], Awaitable[HttpResponseBase]],
+                   sender: Callable[[HttpResponseBase], Awaitable[None]]) -> HttpResponseBase:
+    response = await answer()
+    try:
+        await sender(response)
+    except asyncio.CancelledError:
+        pass  # the client left while the answer was going out
+    return response
 
 
 async def _disconnect_heard(receive: Callable) -> None:

@@ -71,3 +71,9 @@ def overloaded(message: str, *, retry_after_s: float, code: str) -> ApiError:
         503, message, type="server_error", code=code,
         headers={"Retry-After": str(max(1, round(retry_after_s)))},
     )
+
+
+def internal_error() -> ApiError:
+    """500 for a bug of Sluice's own: still OpenAI-shaped, never a traceback page."""
+    return ApiError(500, "Sluice failed to handle this request.", type="server_error",
+                    code="internal_error")

@@ -35,7 +35,7 @@ from proxy.cache import ENDPOINTS as CACHE_ENDPOINTS
 from proxy.cache import CachePlan, cache_lookup, cache_plan, cache_store, cacheable_answer
 from proxy.downroute import compression_apply, downroute_apply
 from proxy.endpoints import Endpoint
-from proxy.errors import ApiError, error_body
+from proxy.errors import ApiError, error_body, internal_error
 from proxy.failover import Opened, upstream_open
 from proxy.ratelimit import limits_settle, limits_take, tokens_estimate
 from proxy.routing import route_resolve
@@ -97,9 +97,7 @@ async def proxy_handle(request: HttpRequest, *, endpoint: Endpoint) -> HttpRespo
         logger.exception("request %s failed inside Sluice", log.request_id)
         log.fail(500, "internal_error")
         log.finish(snapshot)
-        error = ApiError(500, "Sluice failed to handle this request.", type="server_error",
-                         code="internal_error")
-        return _tagged(error.response(), log)
+        return _tagged(internal_error().response(), log)
 
     upstream = opened.response
     if upstream.status == 200 and log.stream:
